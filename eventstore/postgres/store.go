@@ -1,0 +1,321 @@
+// Package postgres is the append side of eventline: a Store that appends events to a PostgreSQL
+// events table and reads them back, using pgx transactions the caller owns.
+//
+// The tables are created by package migrations. Every statement that inserts into the events
+// table takes a shared advisory lock first (a trigger does it, so raw INSERT and COPY are covered
+// too); package runner uses that lock to read without ever skipping a late-committing event.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/sqlname"
+)
+
+// Store appends and reads events. It holds no connection: every method runs on the DBTX it is
+// given. It is safe for concurrent use.
+type Store struct {
+	cfg    StoreConfig
+	events sqlname.Name
+	heads  sqlname.Name
+	log    eventstore.Logger
+
+	appendAnySQL, appendNoStreamSQL, appendExactSQL string
+	headSQL                                         string
+	readSQL, streamSQL, latestSQL                   string
+}
+
+var (
+	_ eventstore.EventStore            = (*Store)(nil)
+	_ eventstore.EventReader           = (*Store)(nil)
+	_ eventstore.GlobalPositionReader  = (*Store)(nil)
+	_ eventstore.AggregateStreamReader = (*Store)(nil)
+)
+
+// NewStore returns a Store for cfg (nil means DefaultStoreConfig()). It panics when cfg.Validate
+// fails, since table and channel names are part of the program; validate names that come from
+// outside with cfg.Validate first.
+func NewStore(cfg *StoreConfig) *Store {
+	if cfg == nil {
+		cfg = DefaultStoreConfig()
+	}
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	s := &Store{cfg: *cfg, log: cfg.Logger}
+	if s.log == nil {
+		s.log = eventstore.NopLogger{}
+	}
+	s.events, _ = sqlname.Parse("events table", cfg.EventsTable)
+	s.heads, _ = sqlname.Parse("aggregate heads table", cfg.AggregateHeadsTable)
+	s.buildSQL()
+	return s
+}
+
+// Config returns a copy of the store's configuration.
+func (s *Store) Config() StoreConfig { return s.cfg }
+
+// EventsTable is the validated events table name.
+func (s *Store) EventsTable() sqlname.Name { return s.events }
+
+// eventColumns is the column list every read selects, in the order scanEvent expects.
+const eventColumns = `global_position, event_id, aggregate_type, aggregate_id, aggregate_version,
+	event_type, event_version, payload, metadata, causation_id, correlation_id, trace_id, created_at`
+
+func (s *Store) buildSQL() {
+	ev, hd := s.events.Quoted(), s.heads.Quoted()
+	// The head CTE yields the aggregate's new version, or no row when the expectation failed, in
+	// which case nothing is inserted and no row comes back.
+	insert := `, ins AS (
+	INSERT INTO ` + ev + ` (event_id, aggregate_type, aggregate_id, aggregate_version, event_type,
+		event_version, payload, metadata, causation_id, correlation_id, trace_id, created_at)
+	SELECT e.event_id, $1, $2, head.version - $3 + e.ord, e.event_type,
+		e.event_version, e.payload, e.metadata::jsonb, NULLIF(e.causation_id, ''),
+		NULLIF(e.correlation_id, ''), NULLIF(e.trace_id, ''), e.created_at
+	FROM head, unnest($4::uuid[], $5::text[], $6::int[], $7::bytea[], $8::text[], $9::text[],
+		$10::text[], $11::text[], $12::timestamptz[])
+		WITH ORDINALITY AS e(event_id, event_type, event_version, payload, metadata, causation_id,
+			correlation_id, trace_id, created_at, ord)
+	ORDER BY e.ord
+	RETURNING global_position, aggregate_version
+)
+SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_version), max(aggregate_version)`
+	withInsert := func(head, channelParam string) string {
+		q := head + insert
+		if s.cfg.NotifyChannel != "" {
+			q += `, pg_notify(` + channelParam + `, max(global_position)::text)::text`
+		} else {
+			q += `, NULL::text`
+		}
+		return q + ` FROM ins HAVING count(*) > 0`
+	}
+	// Parameters: $1 aggregate type, $2 aggregate ID, $3 event count, $4..$12 per-event arrays,
+	// then for Exact $13 the expected version; the notify channel comes last.
+	s.appendAnySQL = withInsert(`WITH head AS (
+	INSERT INTO `+hd+` AS h (aggregate_type, aggregate_id, version) VALUES ($1, $2, $3)
+	ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = h.version + EXCLUDED.version
+	RETURNING version
+)`, "$13")
+	s.appendNoStreamSQL = withInsert(`WITH head AS (
+	INSERT INTO `+hd+` (aggregate_type, aggregate_id, version) VALUES ($1, $2, $3)
+	ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
+	RETURNING version
+)`, "$13")
+	s.appendExactSQL = withInsert(`WITH head AS (
+	UPDATE `+hd+` SET version = version + $3
+	WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $13
+	RETURNING version
+)`, "$14")
+	s.headSQL = `SELECT coalesce((SELECT version FROM ` + hd + ` WHERE aggregate_type = $1 AND aggregate_id = $2), 0)`
+	s.readSQL = `SELECT ` + eventColumns + ` FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT $2`
+	s.streamSQL = `SELECT ` + eventColumns + ` FROM ` + ev + `
+	WHERE aggregate_type = $1 AND aggregate_id = $2
+	  AND ($3::bigint IS NULL OR aggregate_version >= $3)
+	  AND ($4::bigint IS NULL OR aggregate_version <= $4)
+	ORDER BY aggregate_version`
+	s.latestSQL = `SELECT coalesce(max(global_position), 0) FROM ` + ev
+}
+
+// Append writes events, all of one aggregate, in tx, after checking the aggregate's current
+// version against expected (DESIGN.md section 2). All events go in one statement. The aggregate
+// head row is locked for the rest of tx, so concurrent appends to one aggregate serialize.
+//
+// It returns eventstore.ErrNoEvents for an empty batch, an error matching
+// eventstore.ErrInvalidEvent for a malformed one (before any SQL runs), a
+// *eventstore.ConcurrencyError when the version does not match, and an error matching
+// eventstore.ErrDuplicateEventID when an event ID is already stored. After an error from the
+// database, tx is aborted and must be rolled back. events is not modified; zero event IDs and
+// creation times are filled in on a copy, returned by no method (use ReadEvents to see them).
+func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventstore.ExpectedVersion, events []eventstore.Event) (eventstore.AppendResult, error) {
+	batch := make([]eventstore.Event, len(events))
+	copy(batch, events)
+	if err := eventstore.ValidateBatch(batch, time.Now().UTC()); err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	n := len(batch)
+	ids := make([]uuid.UUID, n)
+	types := make([]string, n)
+	versions := make([]int32, n)
+	payloads := make([][]byte, n)
+	metadata := make([]*string, n)
+	causation := make([]string, n)
+	correlation := make([]string, n)
+	trace := make([]string, n)
+	created := make([]time.Time, n)
+	for i := range batch {
+		ev := &batch[i]
+		ids[i] = ev.EventID
+		types[i] = ev.EventType
+		versions[i] = int32(ev.EventVersion)
+		payloads[i] = ev.Payload
+		if payloads[i] == nil {
+			payloads[i] = []byte{}
+		}
+		if len(ev.Metadata) > 0 {
+			m := string(ev.Metadata)
+			metadata[i] = &m
+		}
+		causation[i] = ev.CausationID
+		correlation[i] = ev.CorrelationID
+		trace[i] = ev.TraceID
+		created[i] = ev.CreatedAt
+	}
+	aggType, aggID := batch[0].AggregateType, batch[0].AggregateID
+
+	args := make([]any, 0, 14)
+	args = append(args, aggType, aggID, int64(n), ids, types, versions, payloads, metadata,
+		causation, correlation, trace, created)
+	query := s.appendAnySQL
+	switch {
+	case expected.IsNoStream():
+		query = s.appendNoStreamSQL
+	default:
+		if v, ok := expected.Exact(); ok {
+			if v < 0 {
+				return eventstore.AppendResult{}, fmt.Errorf("%w: expected version %d is negative", eventstore.ErrInvalidEvent, v)
+			}
+			query = s.appendExactSQL
+			args = append(args, v)
+		}
+	}
+	if s.cfg.NotifyChannel != "" {
+		args = append(args, s.cfg.NotifyChannel)
+	}
+
+	var (
+		positions []int64
+		from, to  int64
+		notified  *string
+	)
+	err := tx.QueryRow(ctx, query, args...).Scan(&positions, &from, &to, &notified)
+	switch {
+	case err == nil:
+		return eventstore.NewAppendResult(from, to, positions), nil
+	case errors.Is(err, pgx.ErrNoRows):
+		actual, herr := s.headVersion(ctx, tx, aggType, aggID)
+		if herr != nil {
+			return eventstore.AppendResult{}, fmt.Errorf("append to %s %q: read version after conflict: %w", aggType, aggID, herr)
+		}
+		return eventstore.AppendResult{}, &eventstore.ConcurrencyError{
+			AggregateType: aggType, AggregateID: aggID, Expected: expected, Actual: actual,
+		}
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == uniqueViolation {
+		if strings.Contains(pgErr.Detail, "(event_id)") {
+			return eventstore.AppendResult{}, fmt.Errorf("append to %s %q: %w: %s", aggType, aggID, eventstore.ErrDuplicateEventID, pgErr.Detail)
+		}
+		if strings.Contains(pgErr.Detail, "(aggregate_type, aggregate_id, aggregate_version)") {
+			// The head row said one thing and the events another: rows were written around Append.
+			return eventstore.AppendResult{}, &eventstore.ConcurrencyError{
+				AggregateType: aggType, AggregateID: aggID, Expected: expected, Actual: -1,
+			}
+		}
+	}
+	return eventstore.AppendResult{}, fmt.Errorf("append to %s %q: %w", aggType, aggID, err)
+}
+
+func (s *Store) headVersion(ctx context.Context, tx eventstore.DBTX, aggType, aggID string) (int64, error) {
+	var v int64
+	err := tx.QueryRow(ctx, s.headSQL, aggType, aggID).Scan(&v)
+	return v, err
+}
+
+// ReadEvents returns up to limit events with a global position above fromPosition, in position
+// order, as tx sees them. Positions of transactions still in flight are missing from the result
+// and may appear later; package runner reads safely around that.
+func (s *Store) ReadEvents(ctx context.Context, tx eventstore.DBTX, fromPosition int64, limit int) ([]eventstore.PersistedEvent, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("read events: limit must be positive, got %d", limit)
+	}
+	rows, err := tx.Query(ctx, s.readSQL, fromPosition, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events after %d: %w", fromPosition, err)
+	}
+	out, err := ScanEvents(rows, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events after %d: %w", fromPosition, err)
+	}
+	return out, nil
+}
+
+// ReadAggregateStream returns one aggregate's events with fromVersion <= version <= toVersion
+// (nil bounds are open), in version order.
+func (s *Store) ReadAggregateStream(ctx context.Context, tx eventstore.DBTX, aggregateType, aggregateID string, fromVersion, toVersion *int64) (eventstore.Stream, error) {
+	rows, err := tx.Query(ctx, s.streamSQL, aggregateType, aggregateID, fromVersion, toVersion)
+	if err != nil {
+		return eventstore.Stream{}, fmt.Errorf("read stream %s %q: %w", aggregateType, aggregateID, err)
+	}
+	events, err := ScanEvents(rows, 0)
+	if err != nil {
+		return eventstore.Stream{}, fmt.Errorf("read stream %s %q: %w", aggregateType, aggregateID, err)
+	}
+	return eventstore.Stream{AggregateType: aggregateType, AggregateID: aggregateID, Events: events}, nil
+}
+
+// GetLatestGlobalPosition returns the highest global position tx can see, or 0 for an empty store.
+func (s *Store) GetLatestGlobalPosition(ctx context.Context, tx eventstore.DBTX) (int64, error) {
+	var pos int64
+	if err := tx.QueryRow(ctx, s.latestSQL).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("read latest global position: %w", err)
+	}
+	return pos, nil
+}
+
+// SelectEventsSQL returns "SELECT <event columns> FROM <events table>" for readers that add their
+// own WHERE clause and scan with ScanEvents.
+func (s *Store) SelectEventsSQL() string {
+	return `SELECT ` + eventColumns + ` FROM ` + s.events.Quoted()
+}
+
+// ScanEvents reads rows selected with SelectEventsSQL's columns and closes them. sizeHint
+// preallocates the result.
+func ScanEvents(rows pgx.Rows, sizeHint int) ([]eventstore.PersistedEvent, error) {
+	defer rows.Close()
+	out := make([]eventstore.PersistedEvent, 0, sizeHint)
+	var causation, correlation, trace *string
+	var metadata []byte
+	for rows.Next() {
+		var ev eventstore.PersistedEvent
+		var version int32
+		metadata = nil
+		if err := rows.Scan(&ev.GlobalPosition, &ev.EventID, &ev.AggregateType, &ev.AggregateID,
+			&ev.AggregateVersion, &ev.EventType, &version, &ev.Payload, &metadata,
+			&causation, &correlation, &trace, &ev.CreatedAt); err != nil {
+			return nil, err
+		}
+		ev.EventVersion = int(version)
+		if metadata != nil {
+			ev.Metadata = metadata
+		}
+		ev.CausationID = deref(causation)
+		ev.CorrelationID = deref(correlation)
+		ev.TraceID = deref(trace)
+		out = append(out, ev)
+	}
+	return out, rows.Err()
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+const uniqueViolation = "23505"
+
+// IsUniqueViolation reports whether err is a PostgreSQL unique violation (SQLSTATE 23505).
+func IsUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == uniqueViolation
+}

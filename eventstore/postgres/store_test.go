@@ -1,0 +1,474 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/pgtest"
+	"github.com/eventline/eventline/internal/sqlname"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newEvents(aggType, aggID string, n int) []eventstore.Event {
+	evs := make([]eventstore.Event, n)
+	for i := range evs {
+		evs[i] = eventstore.Event{
+			AggregateType: aggType, AggregateID: aggID,
+			EventType: "Happened", Payload: []byte(fmt.Sprintf(`{"i":%d}`, i)),
+		}
+	}
+	return evs
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	require.NoError(t, pool.QueryRow(context.Background(), sql, args...).Scan(&n))
+	return n
+}
+
+func TestAppendAndRead(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(postgres.DefaultStoreConfig())
+
+	id := uuid.New()
+	created := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	in := []eventstore.Event{
+		{AggregateType: "account", AggregateID: "a1", EventID: id, EventType: "Opened", EventVersion: 2,
+			Payload: []byte(`{"owner":"ann"}`), Metadata: []byte(`{"ip":"10.0.0.1"}`),
+			CausationID: "c1", CorrelationID: "r1", TraceID: "t1", CreatedAt: created},
+		{AggregateType: "account", AggregateID: "a1", EventType: "Deposited", Payload: []byte(`{"amount":5}`)},
+	}
+	before := time.Now()
+	res, err := store.Append(ctx, db.Pool, eventstore.NoStream(), in)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), res.FromVersion())
+	require.Equal(t, int64(2), res.ToVersion())
+	require.Len(t, res.GlobalPositions(), 2)
+	require.Equal(t, uuid.Nil, in[1].EventID, "the caller's slice is not modified")
+
+	got, err := store.ReadEvents(ctx, db.Pool, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	e0, e1 := got[0], got[1]
+	require.Equal(t, res.GlobalPositions()[0], e0.GlobalPosition)
+	require.Equal(t, id, e0.EventID)
+	require.Equal(t, int64(1), e0.AggregateVersion)
+	require.Equal(t, 2, e0.EventVersion)
+	require.JSONEq(t, `{"owner":"ann"}`, string(e0.Payload))
+	require.JSONEq(t, `{"ip":"10.0.0.1"}`, string(e0.Metadata))
+	require.Equal(t, "c1", e0.CausationID)
+	require.Equal(t, "r1", e0.CorrelationID)
+	require.Equal(t, "t1", e0.TraceID)
+	require.True(t, e0.CreatedAt.Equal(created))
+
+	require.NotEqual(t, uuid.Nil, e1.EventID, "a zero event ID is filled in")
+	require.Equal(t, uuid.Version(7), e1.EventID.Version())
+	require.Equal(t, int64(2), e1.AggregateVersion)
+	require.Equal(t, 1, e1.EventVersion)
+	require.Nil(t, e1.Metadata)
+	require.WithinDuration(t, before, e1.CreatedAt, time.Minute)
+}
+
+func TestGetLatestGlobalPositionEmpty(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	pos, err := store.GetLatestGlobalPosition(ctx, db.Pool)
+	require.NoError(t, err)
+	require.Zero(t, pos)
+	res, err := store.Append(ctx, db.Pool, eventstore.Any(), newEvents("a", "1", 3))
+	require.NoError(t, err)
+	pos, err = store.GetLatestGlobalPosition(ctx, db.Pool)
+	require.NoError(t, err)
+	require.Equal(t, res.LastPosition(), pos)
+}
+
+func TestReadEventsPaging(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	for i := 0; i < 10; i++ {
+		_, err := store.Append(ctx, db.Pool, eventstore.Any(), newEvents("a", fmt.Sprint(i%3), 5))
+		require.NoError(t, err)
+	}
+	var all []eventstore.PersistedEvent
+	from := int64(0)
+	pages := 0
+	for {
+		page, err := store.ReadEvents(ctx, db.Pool, from, 7)
+		require.NoError(t, err)
+		if len(page) == 0 {
+			break
+		}
+		require.LessOrEqual(t, len(page), 7)
+		pages++
+		all = append(all, page...)
+		from = page[len(page)-1].GlobalPosition
+	}
+	require.Len(t, all, 50)
+	require.Equal(t, 8, pages)
+	for i := 1; i < len(all); i++ {
+		require.Greater(t, all[i].GlobalPosition, all[i-1].GlobalPosition)
+	}
+	_, err := store.ReadEvents(ctx, db.Pool, 0, 0)
+	require.Error(t, err)
+}
+
+func TestReadAggregateStreamRanges(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	_, err := store.Append(ctx, db.Pool, eventstore.NoStream(), newEvents("order", "o1", 6))
+	require.NoError(t, err)
+	_, err = store.Append(ctx, db.Pool, eventstore.NoStream(), newEvents("order", "o2", 2))
+	require.NoError(t, err)
+
+	v := func(n int64) *int64 { return &n }
+	for _, tc := range []struct {
+		name     string
+		from, to *int64
+		want     []int64
+	}{
+		{"all", nil, nil, []int64{1, 2, 3, 4, 5, 6}},
+		{"from", v(4), nil, []int64{4, 5, 6}},
+		{"to", nil, v(2), []int64{1, 2}},
+		{"between", v(2), v(4), []int64{2, 3, 4}},
+		{"single", v(3), v(3), []int64{3}},
+		{"past the end", v(7), nil, nil},
+		{"inverted", v(4), v(2), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := store.ReadAggregateStream(ctx, db.Pool, "order", "o1", tc.from, tc.to)
+			require.NoError(t, err)
+			var got []int64
+			for _, e := range s.Events {
+				require.Equal(t, "o1", e.AggregateID)
+				got = append(got, e.AggregateVersion)
+			}
+			require.Equal(t, tc.want, got)
+			require.Equal(t, len(tc.want), s.Len())
+			require.Equal(t, len(tc.want) == 0, s.IsEmpty())
+			if len(tc.want) > 0 {
+				require.Equal(t, tc.want[len(tc.want)-1], s.Version())
+			}
+		})
+	}
+	s, err := store.ReadAggregateStream(ctx, db.Pool, "order", "missing", nil, nil)
+	require.NoError(t, err)
+	require.True(t, s.IsEmpty())
+	require.Zero(t, s.Version())
+}
+
+func TestNoStreamRace(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	const racers = 50
+	var (
+		wg              sync.WaitGroup
+		mu              sync.Mutex
+		wins, conflicts int
+		other           []error
+		start           = make(chan struct{})
+	)
+	for i := 0; i < racers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+				_, err := store.Append(ctx, tx, eventstore.NoStream(), newEvents("cart", "c1", 2))
+				return err
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				wins++
+			case errors.Is(err, eventstore.ErrOptimisticConcurrency):
+				conflicts++
+			default:
+				other = append(other, err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	require.Empty(t, other)
+	require.Equal(t, 1, wins)
+	require.Equal(t, racers-1, conflicts)
+	require.EqualValues(t, 2, count(t, db.Pool, `SELECT count(*) FROM events`))
+	require.EqualValues(t, 2, count(t, db.Pool, `SELECT version FROM aggregate_heads WHERE aggregate_id = 'c1'`))
+}
+
+func TestAnyConcurrentAllSucceed(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	const writers, perWriter, batch = 20, 5, 3
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*perWriter)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < perWriter; i++ {
+				errs <- pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+					res, err := store.Append(ctx, tx, eventstore.Any(), newEvents("ledger", "l1", batch))
+					if err == nil && res.ToVersion()-res.FromVersion() != batch-1 {
+						err = fmt.Errorf("versions %d..%d for %d events", res.FromVersion(), res.ToVersion(), batch)
+					}
+					return err
+				})
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	s, err := store.ReadAggregateStream(ctx, db.Pool, "ledger", "l1", nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, writers*perWriter*batch, s.Len())
+	for i, e := range s.Events {
+		require.Equal(t, int64(i+1), e.AggregateVersion, "versions are contiguous")
+	}
+	// Each append's events are contiguous in version and ordered by position.
+	for i := 1; i < len(s.Events); i++ {
+		require.Greater(t, s.Events[i].GlobalPosition, s.Events[i-1].GlobalPosition)
+	}
+}
+
+func TestExactRace(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	_, err := store.Append(ctx, db.Pool, eventstore.NoStream(), newEvents("doc", "d1", 1))
+	require.NoError(t, err)
+
+	const racers = 20
+	var wg sync.WaitGroup
+	results := make(chan error, racers)
+	start := make(chan struct{})
+	for i := 0; i < racers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			results <- pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+				_, err := store.Append(ctx, tx, eventstore.Exact(1), newEvents("doc", "d1", 2))
+				return err
+			})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(results)
+	wins := 0
+	for err := range results {
+		if err == nil {
+			wins++
+			continue
+		}
+		var ce *eventstore.ConcurrencyError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, "d1", ce.AggregateID)
+		require.Equal(t, int64(3), ce.Actual)
+		require.ErrorContains(t, err, `expected version 1, actual version 3`)
+	}
+	require.Equal(t, 1, wins)
+	require.EqualValues(t, 3, count(t, db.Pool, `SELECT count(*) FROM events`))
+
+	// A wrong expectation on an aggregate that does not exist.
+	_, err = store.Append(ctx, db.Pool, eventstore.Exact(4), newEvents("doc", "nope", 1))
+	require.ErrorIs(t, err, eventstore.ErrOptimisticConcurrency)
+	require.ErrorContains(t, err, "actual version 0")
+}
+
+func TestRollbackLeavesHeadUnchanged(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	_, err := store.Append(ctx, db.Pool, eventstore.NoStream(), newEvents("a", "1", 2))
+	require.NoError(t, err)
+
+	tx, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	res, err := store.Append(ctx, tx, eventstore.Exact(2), newEvents("a", "1", 3))
+	require.NoError(t, err)
+	require.Equal(t, int64(5), res.ToVersion())
+	require.NoError(t, tx.Rollback(ctx))
+
+	require.EqualValues(t, 2, count(t, db.Pool, `SELECT version FROM aggregate_heads`))
+	res, err = store.Append(ctx, db.Pool, eventstore.Exact(2), newEvents("a", "1", 1))
+	require.NoError(t, err)
+	require.Equal(t, int64(3), res.FromVersion())
+}
+
+func TestBadInputWritesNothing(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	dup := uuid.New()
+	mixed := newEvents("a", "1", 2)
+	mixed[1].AggregateID = "2"
+	for _, tc := range []struct {
+		name   string
+		events []eventstore.Event
+		want   error
+		text   string
+	}{
+		{"nil batch", nil, eventstore.ErrNoEvents, ""},
+		{"empty batch", []eventstore.Event{}, eventstore.ErrNoEvents, ""},
+		{"mixed aggregates", mixed, eventstore.ErrInvalidEvent, "differs from the batch"},
+		{"empty aggregate type", []eventstore.Event{{AggregateID: "1", EventType: "x"}}, eventstore.ErrInvalidEvent, "empty aggregate type"},
+		{"empty aggregate ID", []eventstore.Event{{AggregateType: "a", EventType: "x"}}, eventstore.ErrInvalidEvent, "empty aggregate ID"},
+		{"empty event type", []eventstore.Event{{AggregateType: "a", AggregateID: "1"}}, eventstore.ErrInvalidEvent, "empty event type"},
+		{"invalid metadata", []eventstore.Event{{AggregateType: "a", AggregateID: "1", EventType: "x", Metadata: []byte(`{"a":`)}}, eventstore.ErrInvalidEvent, "metadata"},
+		{"duplicate IDs in batch", []eventstore.Event{
+			{AggregateType: "a", AggregateID: "1", EventType: "x", EventID: dup},
+			{AggregateType: "a", AggregateID: "1", EventType: "y", EventID: dup}}, eventstore.ErrDuplicateEventID, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := store.Append(ctx, db.Pool, eventstore.Any(), tc.events)
+			require.ErrorIs(t, err, tc.want)
+			require.NotErrorIs(t, err, eventstore.ErrOptimisticConcurrency)
+			if tc.text != "" {
+				require.ErrorContains(t, err, tc.text)
+			}
+		})
+	}
+	_, err := store.Append(ctx, db.Pool, eventstore.Exact(-1), newEvents("a", "1", 1))
+	require.ErrorIs(t, err, eventstore.ErrInvalidEvent)
+	require.Zero(t, count(t, db.Pool, `SELECT count(*) FROM events`))
+	require.Zero(t, count(t, db.Pool, `SELECT count(*) FROM aggregate_heads`))
+}
+
+func TestDuplicateEventIDIsNotAVersionConflict(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	evs := newEvents("a", "1", 1)
+	evs[0].EventID = uuid.New()
+	_, err := store.Append(ctx, db.Pool, eventstore.Any(), evs)
+	require.NoError(t, err)
+
+	other := newEvents("b", "2", 1)
+	other[0].EventID = evs[0].EventID
+	tx, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = store.Append(ctx, tx, eventstore.Any(), other)
+	require.ErrorIs(t, err, eventstore.ErrDuplicateEventID)
+	require.NotErrorIs(t, err, eventstore.ErrOptimisticConcurrency)
+	require.NoError(t, tx.Rollback(ctx))
+	require.EqualValues(t, 1, count(t, db.Pool, `SELECT count(*) FROM events`))
+	require.EqualValues(t, 0, count(t, db.Pool, `SELECT count(*) FROM aggregate_heads WHERE aggregate_type = 'b'`))
+}
+
+func TestInvalidNames(t *testing.T) {
+	t.Parallel()
+	for _, opt := range []postgres.StoreOption{
+		postgres.WithEventsTable("events; DROP TABLE users"),
+		postgres.WithEventsTable(""),
+		postgres.WithEventsTable("1events"),
+		postgres.WithEventsTable("a.b.c"),
+		postgres.WithEventsTable(`ev"ents`),
+		postgres.WithAggregateHeadsTable("heads-table"),
+		postgres.WithNotifyChannel("new events"),
+		postgres.WithNotifyChannel("x123456789012345678901234567890123456789012345678901234567890abcd"),
+	} {
+		cfg := postgres.NewStoreConfig(opt)
+		err := cfg.Validate()
+		require.ErrorIs(t, err, sqlname.ErrInvalidName)
+		require.Panics(t, func() { postgres.NewStore(cfg) })
+	}
+	require.NoError(t, postgres.NewStoreConfig(postgres.WithEventsTable("app.events"), postgres.WithNotifyChannel("Events_1")).Validate())
+}
+
+func TestNotifyOnCommitOnly(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("Events_Here")))
+	listener := db.Conn(t)
+	_, err := listener.Exec(ctx, `LISTEN `+pgx.Identifier{"Events_Here"}.Sanitize())
+	require.NoError(t, err)
+
+	// Rolled back: no notification.
+	tx, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = store.Append(ctx, tx, eventstore.Any(), newEvents("a", "1", 2))
+	require.NoError(t, err)
+	require.NoError(t, tx.Rollback(ctx))
+
+	// Committed: one notification carrying the last position.
+	var res eventstore.AppendResult
+	require.NoError(t, pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		res, err = store.Append(ctx, tx, eventstore.Any(), newEvents("a", "1", 3))
+		return err
+	}))
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := listener.WaitForNotification(waitCtx)
+	require.NoError(t, err)
+	require.Equal(t, "Events_Here", n.Channel)
+	require.Equal(t, fmt.Sprint(res.LastPosition()), n.Payload, "the first notification is the committed append's")
+
+	// A failed Exact append that the caller commits anyway notifies nothing either.
+	_, err = store.Append(ctx, db.Pool, eventstore.Exact(99), newEvents("a", "1", 1))
+	require.ErrorIs(t, err, eventstore.ErrOptimisticConcurrency)
+	_, err = db.Pool.Exec(ctx, `SELECT pg_notify('Events_Here', 'marker')`)
+	require.NoError(t, err)
+	n, err = listener.WaitForNotification(waitCtx)
+	require.NoError(t, err)
+	require.Equal(t, "marker", n.Payload)
+}
+
+func TestCustomTableNames(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewEmptyDatabase(t)
+	_, err := db.Pool.Exec(ctx, `CREATE SCHEMA app`)
+	require.NoError(t, err)
+	cfg := postgres.NewStoreConfig(postgres.WithEventsTable("app.Ledger_Events"), postgres.WithAggregateHeadsTable("app.ledger_heads"))
+	_, err = migrationsApply(ctx, db.Pool, cfg)
+	require.NoError(t, err)
+	store := postgres.NewStore(cfg)
+	_, err = store.Append(ctx, db.Pool, eventstore.NoStream(), newEvents("a", "1", 2))
+	require.NoError(t, err)
+	require.EqualValues(t, 2, count(t, db.Pool, `SELECT count(*) FROM app."Ledger_Events"`))
+	got, err := store.ReadEvents(ctx, db.Pool, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+}

@@ -1,0 +1,51 @@
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// server is the PostgreSQL server a run uses.
+type server struct {
+	desc       string       // for messages: which source, and where
+	connString string       // the maintenance database
+	external   bool         // from DATABASE_URL: outlives the run, shared with other test binaries
+	cluster    *cluster     // the local cluster pgtest started, or nil
+	close      func() error // stops and removes what pgtest started; nil for an external server
+}
+
+// errUnavailable marks a source that is not there at all (no binaries, no Docker engine), as
+// opposed to one that is there and failed, which ends the search with its error.
+var errUnavailable = errors.New("not available")
+
+// obtainServer returns the first source that is there: DATABASE_URL, local server binaries, Docker.
+func obtainServer(ctx context.Context, keep bool) (*server, error) {
+	if connString := os.Getenv(EnvDatabaseURL); connString != "" {
+		if _, err := pgxpool.ParseConfig(connString); err != nil {
+			return nil, fmt.Errorf("%s: %w", EnvDatabaseURL, err)
+		}
+		return &server{desc: EnvDatabaseURL + " server", connString: connString, external: true}, nil
+	}
+
+	srv, err := startLocalCluster(ctx, keep)
+	if !errors.Is(err, errUnavailable) {
+		return srv, err
+	}
+	localErr := err
+
+	srv, err = startDocker(ctx)
+	if !errors.Is(err, errUnavailable) {
+		return srv, err
+	}
+	return nil, fmt.Errorf(`no PostgreSQL server for the tests. Get one in any of these ways:
+  1. set %s to a server where the role may create databases, for example
+     %s='postgres://postgres@localhost:5432/postgres?sslmode=disable'
+  2. install the PostgreSQL server binaries (initdb, pg_ctl, postgres), for example
+     apt-get install -y postgresql; the tests then start a throwaway cluster of their own
+  3. run a Docker engine; the tests then start a postgres:15 container
+(local binaries: %v; docker: %v)`, EnvDatabaseURL, EnvDatabaseURL, localErr, err)
+}

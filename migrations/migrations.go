@@ -1,0 +1,236 @@
+// Package migrations creates and upgrades eventline's tables: the events table with its append
+// lock triggers, aggregate heads, checkpoints and dead letters.
+//
+// The SQL lives in numbered files embedded in the binary. Apply runs the ones a database has not
+// had yet, under an advisory lock, so it is idempotent and safe to call from every process at
+// start-up. Teams with their own migration tool can take the SQL from Files or SQL instead.
+// Table names are configurable; they are validated and quoted.
+package migrations
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"text/template"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/eventline/eventline/internal/sqlname"
+)
+
+//go:embed sql/*.sql
+var sqlFiles embed.FS
+
+// Default table names.
+const (
+	EventsTableDefault         = "events"
+	AggregateHeadsTableDefault = "aggregate_heads"
+	CheckpointsTableDefault    = "eventline_checkpoints"
+	DeadLettersTableDefault    = "eventline_dead_letters"
+	MigrationsTableDefault     = "eventline_migrations"
+)
+
+// Config names the tables. Each name is a plain identifier, optionally schema-qualified
+// ("app.events"); the schema must exist.
+type Config struct {
+	// EventsTable holds the events. Defaults to "events".
+	EventsTable string
+	// AggregateHeadsTable holds each aggregate's current version. Defaults to "aggregate_heads".
+	AggregateHeadsTable string
+	// CheckpointsTable holds projection checkpoints. Defaults to "eventline_checkpoints".
+	CheckpointsTable string
+	// DeadLettersTable holds parked events. Defaults to "eventline_dead_letters".
+	DeadLettersTable string
+	// MigrationsTable records which migrations ran, per events table.
+	// Defaults to "eventline_migrations".
+	MigrationsTable string
+}
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config { return Config{}.WithDefaults() }
+
+// WithDefaults returns c with empty names replaced by their defaults.
+func (c Config) WithDefaults() Config {
+	def := func(s *string, d string) {
+		if *s == "" {
+			*s = d
+		}
+	}
+	def(&c.EventsTable, EventsTableDefault)
+	def(&c.AggregateHeadsTable, AggregateHeadsTableDefault)
+	def(&c.CheckpointsTable, CheckpointsTableDefault)
+	def(&c.DeadLettersTable, DeadLettersTableDefault)
+	def(&c.MigrationsTable, MigrationsTableDefault)
+	return c
+}
+
+// names is c validated.
+type names struct {
+	events, heads, checkpoints, deadLetters, migrations sqlname.Name
+}
+
+func (c Config) validate() (names, error) {
+	c = c.WithDefaults()
+	var n names
+	var err error
+	for _, f := range []struct {
+		what string
+		val  string
+		dst  *sqlname.Name
+	}{
+		{"events table", c.EventsTable, &n.events},
+		{"aggregate heads table", c.AggregateHeadsTable, &n.heads},
+		{"checkpoints table", c.CheckpointsTable, &n.checkpoints},
+		{"dead letters table", c.DeadLettersTable, &n.deadLetters},
+		{"migrations table", c.MigrationsTable, &n.migrations},
+	} {
+		if *f.dst, err = sqlname.Parse(f.what, f.val); err != nil {
+			return names{}, fmt.Errorf("migrations config: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// Migration is one numbered SQL file, rendered for a Config.
+type Migration struct {
+	Version int
+	Name    string // file name, e.g. "0001_events.sql"
+	SQL     string
+}
+
+// Files returns every migration rendered for cfg, in order. Use it to feed your own migration
+// tool; Apply does the same work itself.
+func Files(cfg Config) ([]Migration, error) {
+	n, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	data := map[string]any{
+		"Events":            n.events.Quoted(),
+		"AggregateHeads":    n.heads.Quoted(),
+		"Checkpoints":       n.checkpoints.Quoted(),
+		"DeadLetters":       n.deadLetters.Quoted(),
+		"AppendLockFunc":    n.events.Sibling("eventline_append_lock"),
+		"PositionLockFunc":  n.events.Sibling("eventline_position_lock"),
+		"AppendLockKey":     strconv.FormatInt(sqlname.AppendLockKey(n.events), 10),
+		"PositionLockClass": strconv.FormatInt(int64(sqlname.PositionLockClass(n.events)), 10),
+	}
+	entries, err := fs.ReadDir(sqlFiles, "sql")
+	if err != nil {
+		return nil, fmt.Errorf("read embedded migrations: %w", err)
+	}
+	var out []Migration
+	for _, e := range entries {
+		name := e.Name()
+		num, _, ok := strings.Cut(name, "_")
+		version, err := strconv.Atoi(num)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("migration file %q: name must start with a number and an underscore", name)
+		}
+		raw, err := sqlFiles.ReadFile(path.Join("sql", name))
+		if err != nil {
+			return nil, fmt.Errorf("read migration %s: %w", name, err)
+		}
+		tmpl, err := template.New(name).Option("missingkey=error").Parse(string(raw))
+		if err != nil {
+			return nil, fmt.Errorf("parse migration %s: %w", name, err)
+		}
+		var buf bytes.Buffer
+		if err := tmpl.Execute(&buf, data); err != nil {
+			return nil, fmt.Errorf("render migration %s: %w", name, err)
+		}
+		out = append(out, Migration{Version: version, Name: name, SQL: buf.String()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
+	return out, nil
+}
+
+// SQL returns all migrations for cfg as one script, each preceded by a comment with its name.
+// The script does not record what it applied; a database migrated this way should not also be
+// migrated with Apply.
+func SQL(cfg Config) (string, error) {
+	files, err := Files(cfg)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, m := range files {
+		fmt.Fprintf(&b, "-- eventline migration %s\n%s\n", m.Name, m.SQL)
+	}
+	return b.String(), nil
+}
+
+// Beginner starts transactions. *pgxpool.Pool, *pgx.Conn and pgx.Tx satisfy it.
+type Beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// migrationLockKey serializes Apply across processes (pg_advisory_xact_lock).
+const migrationLockKey int64 = 0x6576_6e74_6c6d_6967 // "evntlmig"
+
+// Apply runs the migrations cfg's database has not had yet, in one transaction, holding an
+// advisory lock so that concurrent calls (from several processes starting at once) run them
+// once. It returns the versions it applied (none when the schema is current).
+func Apply(ctx context.Context, db Beginner, cfg Config) ([]int, error) {
+	n, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	files, err := Files(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLockKey); err != nil {
+		return nil, fmt.Errorf("migrate: take lock: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+n.migrations.Quoted()+` (
+		events_table text        NOT NULL,
+		version      integer     NOT NULL,
+		name         text        NOT NULL,
+		applied_at   timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (events_table, version))`); err != nil {
+		return nil, fmt.Errorf("migrate: create %s: %w", n.migrations, err)
+	}
+	rows, err := tx.Query(ctx, `SELECT version FROM `+n.migrations.Quoted()+` WHERE events_table = $1`, n.events.String())
+	if err != nil {
+		return nil, fmt.Errorf("migrate: read applied versions: %w", err)
+	}
+	done, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return nil, fmt.Errorf("migrate: read applied versions: %w", err)
+	}
+	have := make(map[int]bool, len(done))
+	for _, v := range done {
+		have[int(v)] = true
+	}
+	var applied []int
+	for _, m := range files {
+		if have[m.Version] {
+			continue
+		}
+		if _, err := tx.Exec(ctx, m.SQL); err != nil {
+			return nil, fmt.Errorf("migrate: apply %s: %w", m.Name, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+n.migrations.Quoted()+` (events_table, version, name) VALUES ($1, $2, $3)`,
+			n.events.String(), m.Version, m.Name); err != nil {
+			return nil, fmt.Errorf("migrate: record %s: %w", m.Name, err)
+		}
+		applied = append(applied, m.Version)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("migrate: commit: %w", err)
+	}
+	return applied, nil
+}

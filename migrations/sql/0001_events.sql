@@ -1,0 +1,64 @@
+-- Events, aggregate heads, and the append lock that makes gap-safe reading possible.
+
+-- Every statement that inserts into the events table takes a shared advisory lock K before any
+-- position is allocated, so that in-flight appenders are visible in pg_locks (DESIGN.md section 4).
+CREATE OR REPLACE FUNCTION {{.AppendLockFunc}}() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(TG_ARGV[0]::bigint);
+    RETURN NULL;
+END
+$fn$;
+
+-- After the statement, the appender also takes a shared lock keyed by the low 32 bits of the first
+-- position it allocated, so the tracker can tell that it holds nothing below that position.
+CREATE OR REPLACE FUNCTION {{.PositionLockFunc}}() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    first_position bigint;
+BEGIN
+    SELECT min(global_position) INTO first_position FROM new_rows;
+    IF first_position IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock_shared(
+            TG_ARGV[0]::integer,
+            ((first_position & 4294967295) - CASE WHEN first_position & 2147483648 <> 0 THEN 4294967296 ELSE 0 END)::integer);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE TABLE {{.Events}} (
+    -- CACHE 1 is required: with a per-session cache, a later appender could take a lower
+    -- position than the sequence's last_value shows, which the horizon tracker relies on.
+    global_position   bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
+    event_id          uuid        NOT NULL,
+    aggregate_type    text        NOT NULL,
+    aggregate_id      text        NOT NULL,
+    aggregate_version bigint      NOT NULL,
+    event_type        text        NOT NULL,
+    event_version     integer     NOT NULL DEFAULT 1,
+    payload           bytea       NOT NULL,
+    metadata          jsonb,
+    causation_id      text,
+    correlation_id    text,
+    trace_id          text,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (event_id),
+    UNIQUE (aggregate_type, aggregate_id, aggregate_version)
+);
+
+CREATE TRIGGER eventline_append_lock
+    BEFORE INSERT ON {{.Events}}
+    FOR EACH STATEMENT EXECUTE FUNCTION {{.AppendLockFunc}}('{{.AppendLockKey}}');
+
+CREATE TRIGGER eventline_position_lock
+    AFTER INSERT ON {{.Events}}
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {{.PositionLockFunc}}('{{.PositionLockClass}}');
+
+CREATE TABLE {{.AggregateHeads}} (
+    aggregate_type text   NOT NULL,
+    aggregate_id   text   NOT NULL,
+    version        bigint NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id)
+);

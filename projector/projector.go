@@ -1,0 +1,137 @@
+// Package projector is what users of eventline write: projections that turn events into read
+// models, inside the transaction that advances their checkpoint, and detached handlers for side
+// effects outside the database.
+//
+// A projection is anything with a Name and a Handle method. It may also implement Filter (only
+// some aggregate or event types), Setup (create its tables) and Resetter (empty them for a
+// rebuild). Router saves writing a type switch: register one typed function per event type.
+package projector
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/eventline/eventline/eventstore"
+)
+
+// Projection applies events to a read model.
+//
+// Handle is called with events in global-position order (hence each aggregate's events in
+// version order) and with tx, the transaction that will advance the projection's checkpoint past
+// them: write the read model through tx and the writes and the checkpoint commit together, or not
+// at all. Handle must not commit or roll back tx. Returning an error (or panicking) rolls the
+// batch back; the runner retries transient database errors and otherwise finds the failing event
+// and applies the projection's failure policy. Handle is never called concurrently for one
+// projection (or partition).
+type Projection interface {
+	// Name identifies the projection and its checkpoint. It must be unique in a runner and stable
+	// across deploys.
+	Name() string
+	Handle(ctx context.Context, tx pgx.Tx, events []eventstore.PersistedEvent) error
+}
+
+// Filter is an optional interface of a Projection: only events whose aggregate type and event
+// type are listed are handed to Handle (an empty list allows all). The checkpoint still moves
+// past the events it skips. The runner evaluates the filter in SQL when it reads for one
+// projection alone.
+type Filter interface {
+	AggregateTypes() []string
+	EventTypes() []string
+}
+
+// Setup is an optional interface: Setup runs once each time a runner starts, before any event is
+// handled, in a transaction of its own. Create the read model's tables here (idempotently).
+type Setup interface {
+	Setup(ctx context.Context, tx pgx.Tx) error
+}
+
+// Resetter is an optional interface: Reset empties the read model for a rebuild from position 0.
+// It runs in the transaction that moves the checkpoint back to 0.
+type Resetter interface {
+	Reset(ctx context.Context, tx pgx.Tx) error
+}
+
+// Detached handles events outside the database: e-mail, HTTP calls, queues. Delivery is
+// at-least-once: the checkpoint advances after HandleEvent returns nil, so an event may be
+// handled again after a crash; use the event's EventID to make the effect idempotent.
+// HandleEvent is called for one event at a time, in global-position order.
+type Detached interface {
+	Name() string
+	HandleEvent(ctx context.Context, event eventstore.PersistedEvent) error
+}
+
+// FilterSpec is a ready-made Filter to embed in a projection.
+type FilterSpec struct {
+	Aggregates []string
+	Events     []string
+}
+
+// AggregateTypes implements Filter.
+func (f FilterSpec) AggregateTypes() []string { return f.Aggregates }
+
+// EventTypes implements Filter.
+func (f FilterSpec) EventTypes() []string { return f.Events }
+
+var _ Filter = FilterSpec{}
+
+// Matcher is a compiled Filter; the zero Matcher matches everything.
+type Matcher struct {
+	aggregates, events map[string]struct{}
+}
+
+// NewMatcher compiles f; a nil f matches everything.
+func NewMatcher(f Filter) Matcher {
+	var m Matcher
+	if f == nil {
+		return m
+	}
+	if a := f.AggregateTypes(); len(a) > 0 {
+		m.aggregates = make(map[string]struct{}, len(a))
+		for _, s := range a {
+			m.aggregates[s] = struct{}{}
+		}
+	}
+	if e := f.EventTypes(); len(e) > 0 {
+		m.events = make(map[string]struct{}, len(e))
+		for _, s := range e {
+			m.events[s] = struct{}{}
+		}
+	}
+	return m
+}
+
+// All reports whether the matcher lets every event through.
+func (m Matcher) All() bool { return m.aggregates == nil && m.events == nil }
+
+// Match reports whether ev passes the filter.
+func (m Matcher) Match(ev *eventstore.PersistedEvent) bool {
+	if m.aggregates != nil {
+		if _, ok := m.aggregates[ev.AggregateType]; !ok {
+			return false
+		}
+	}
+	if m.events != nil {
+		if _, ok := m.events[ev.EventType]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// AggregateTypes lists the allowed aggregate types (nil: all).
+func (m Matcher) AggregateTypes() []string { return keys(m.aggregates) }
+
+// EventTypes lists the allowed event types (nil: all).
+func (m Matcher) EventTypes() []string { return keys(m.events) }
+
+func keys(m map[string]struct{}) []string {
+	if m == nil {
+		return nil
+	}
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}

@@ -1,0 +1,170 @@
+package runner
+
+import (
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/eventline/eventline/checkpoint"
+)
+
+// Defaults of Config.
+const (
+	BatchSizeDefault       = 500
+	PollIntervalDefault    = time.Second
+	HorizonIntervalDefault = 250 * time.Millisecond
+	HorizonMinGapDefault   = time.Millisecond
+	ReconnectDelayDefault  = time.Second
+	ShutdownTimeoutDefault = 10 * time.Second
+	RetryMinDefault        = 50 * time.Millisecond
+	RetryMaxDefault        = 5 * time.Second
+	PageCacheDefault       = 16
+	PersistIdleDefault     = time.Second
+)
+
+// Config configures a Runner. The zero value is valid: every field has a default.
+type Config struct {
+	// Logger receives the runner's logs. Defaults to discarding them (nil).
+	Logger *zap.Logger
+	// CheckpointsTable and DeadLettersTable name the runner's tables. Default to
+	// "eventline_checkpoints" and "eventline_dead_letters".
+	CheckpointsTable string
+	DeadLettersTable string
+	// NotifyChannel is LISTENed on for wake-ups. Defaults to the store's notify channel; with
+	// none, the runner polls every PollInterval.
+	NotifyChannel string
+	// BatchSize is the most events read in one page and handed to one Handle call; it bounds the
+	// runner's memory together with PageCache. Defaults to 500.
+	BatchSize int
+	// PageCache is how many pages are kept so that projections at the same position share one
+	// read. Defaults to 16.
+	PageCache int
+	// PollInterval is how often projections look for events without a notification, and re-read
+	// their checkpoints (to notice resets and resumes by other processes). Defaults to 1s.
+	PollInterval time.Duration
+	// HorizonInterval is how often the horizon is refreshed when no projection waits on it.
+	// Defaults to 250ms.
+	HorizonInterval time.Duration
+	// HorizonMinGap is the least time between two horizon refreshes asked for by projections
+	// waiting at a hole. Defaults to 1ms.
+	HorizonMinGap time.Duration
+	// ReconnectDelay is how long the listener waits before reconnecting. Defaults to 1s.
+	ReconnectDelay time.Duration
+	// ShutdownTimeout is how long Run lets the batches in flight finish after its context ends;
+	// then they are cancelled (rolled back). Defaults to 10s.
+	ShutdownTimeout time.Duration
+	// RetryMin and RetryMax bound the exponential backoff after transient errors. Default to
+	// 50ms and 5s.
+	RetryMin, RetryMax time.Duration
+	// PersistIdle is how long a projection may keep, in memory only, progress over events its
+	// filter skipped before it saves it. Defaults to 1s.
+	PersistIdle time.Duration
+	// Hooks observe the runner (metrics, tests). Optional.
+	Hooks Hooks
+}
+
+// Hooks are called synchronously from the runner's goroutines: keep them fast, and safe for
+// concurrent use. Any may be nil.
+type Hooks struct {
+	// BatchCommitted: a batch of events was applied and its checkpoint committed.
+	BatchCommitted func(b BatchInfo)
+	// HandlerFailed: the event at position failed for good and policy was applied to it.
+	HandlerFailed func(key checkpoint.Key, position int64, err error, policy FailurePolicy)
+	// Retrying: a transient error; the batch is retried after delay.
+	Retrying func(key checkpoint.Key, err error, delay time.Duration)
+	// HeldAtGap: a projection waits at a position not yet settled.
+	HeldAtGap func(key checkpoint.Key, position int64)
+	// ListenerConnected: the listener (re)connected; pid is its backend.
+	ListenerConnected func(pid uint32)
+}
+
+// BatchInfo describes a committed batch.
+type BatchInfo struct {
+	Key      checkpoint.Key
+	Events   int
+	From, To int64
+	Took     time.Duration
+}
+
+func (c Config) withDefaults(storeChannel string) Config {
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.NotifyChannel == "" {
+		c.NotifyChannel = storeChannel
+	}
+	setInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	setDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	setInt(&c.BatchSize, BatchSizeDefault)
+	setInt(&c.PageCache, PageCacheDefault)
+	setDur(&c.PollInterval, PollIntervalDefault)
+	setDur(&c.HorizonInterval, HorizonIntervalDefault)
+	setDur(&c.HorizonMinGap, HorizonMinGapDefault)
+	setDur(&c.ReconnectDelay, ReconnectDelayDefault)
+	setDur(&c.ShutdownTimeout, ShutdownTimeoutDefault)
+	setDur(&c.RetryMin, RetryMinDefault)
+	setDur(&c.RetryMax, RetryMaxDefault)
+	setDur(&c.PersistIdle, PersistIdleDefault)
+	return c
+}
+
+func (c Config) validate() error {
+	for _, f := range []struct {
+		name string
+		bad  bool
+	}{
+		{"BatchSize", c.BatchSize < 1},
+		{"PageCache", c.PageCache < 1},
+		{"PollInterval", c.PollInterval < 0},
+		{"HorizonInterval", c.HorizonInterval < 0},
+		{"HorizonMinGap", c.HorizonMinGap < 0},
+		{"ReconnectDelay", c.ReconnectDelay < 0},
+		{"ShutdownTimeout", c.ShutdownTimeout < 0},
+		{"RetryMin", c.RetryMin < 0},
+		{"RetryMax", c.RetryMax < c.RetryMin},
+		{"PersistIdle", c.PersistIdle < 0},
+	} {
+		if f.bad {
+			return fmt.Errorf("runner config: invalid %s", f.name)
+		}
+	}
+	return nil
+}
+
+// FailurePolicy says what happens when a handler fails on an event for good.
+type FailurePolicy int
+
+const (
+	// Stop the projection at the event before the failing one; Status shows why. The default.
+	Stop FailurePolicy = iota
+	// DeadLetter parks the failing event in the dead-letter table and goes on.
+	DeadLetter
+)
+
+func (p FailurePolicy) String() string {
+	if p == DeadLetter {
+		return "dead-letter"
+	}
+	return "stop"
+}
+
+// Option configures one registered projection.
+type Option func(*options)
+
+type options struct {
+	policy FailurePolicy
+}
+
+// WithFailurePolicy sets what happens when the projection's handler fails on an event.
+func WithFailurePolicy(p FailurePolicy) Option {
+	return func(o *options) { o.policy = p }
+}

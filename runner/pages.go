@@ -1,0 +1,172 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/projector"
+)
+
+// page is what a projection at position from may apply: every event in (from, safe], in order.
+type page struct {
+	from, safe int64
+	events     []eventstore.PersistedEvent
+	// final: the page was full and had no hole, so its content can never change.
+	final bool
+	// held: a visible event lies beyond a hole that is not settled yet.
+	held bool
+	// horizon and gen are the horizon and wake generation it was read under.
+	horizon int64
+	gen     uint64
+}
+
+// pageReader reads pages once and shares them between projections at the same position
+// (DESIGN.md section 5, reading). It keeps at most max pages.
+type pageReader struct {
+	pool     *pgxpool.Pool
+	limit    int
+	max      int
+	readSQL  string
+	filtered string
+
+	mu       sync.Mutex
+	inflight map[int64]*pageCall
+	cache    map[int64]*page
+	order    []int64
+	reads    int64 // pages read from the database (for tests and benchmarks)
+}
+
+type pageCall struct {
+	done chan struct{}
+	p    *page
+	err  error
+}
+
+func newPageReader(pool *pgxpool.Pool, store *postgres.Store, limit, max int) *pageReader {
+	sel := store.SelectEventsSQL()
+	return &pageReader{
+		pool:    pool,
+		limit:   limit,
+		max:     max,
+		readSQL: sel + ` WHERE global_position > $1 ORDER BY global_position LIMIT $2`,
+		filtered: sel + ` WHERE global_position > $1 AND global_position <= $2
+			AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
+			AND ($4::text[] IS NULL OR event_type = ANY($4))
+			ORDER BY global_position LIMIT $5`,
+		inflight: map[int64]*pageCall{},
+		cache:    map[int64]*page{},
+	}
+}
+
+// get returns the page at from, under horizon h and wake generation gen: from the cache when a
+// page read there is still good, joining a read in flight, or reading it.
+func (r *pageReader) get(ctx context.Context, from, h int64, gen uint64) (*page, error) {
+	r.mu.Lock()
+	if p, ok := r.cache[from]; ok && (p.final || (p.gen == gen && p.horizon >= h)) {
+		r.mu.Unlock()
+		return p, nil
+	}
+	if c, ok := r.inflight[from]; ok {
+		r.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if c.err == nil && c.p.horizon >= h {
+			return c.p, nil
+		}
+		return r.get(ctx, from, h, gen)
+	}
+	c := &pageCall{done: make(chan struct{})}
+	r.inflight[from] = c
+	r.reads++
+	r.mu.Unlock()
+
+	c.p, c.err = r.read(ctx, from, h, gen)
+
+	r.mu.Lock()
+	delete(r.inflight, from)
+	if c.err == nil {
+		if _, ok := r.cache[from]; !ok {
+			r.order = append(r.order, from)
+		}
+		r.cache[from] = c.p
+		for len(r.order) > r.max {
+			delete(r.cache, r.order[0])
+			r.order = r.order[1:]
+		}
+	}
+	r.mu.Unlock()
+	close(c.done)
+	return c.p, c.err
+}
+
+// read reads the visible events after from and keeps the prefix that is safe to apply: every
+// event at or below the horizon h, then only the contiguous run above max(from, h)
+// (DESIGN.md section 4, step 3). h must have been obtained before this call: the query's
+// snapshot then sees every committed position <= h.
+func (r *pageReader) read(ctx context.Context, from, h int64, gen uint64) (*page, error) {
+	rows, err := r.pool.Query(ctx, r.readSQL, from, r.limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events after %d: %w", from, err)
+	}
+	evs, err := postgres.ScanEvents(rows, r.limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events after %d: %w", from, err)
+	}
+	return cut(evs, from, h, r.limit, gen), nil
+}
+
+func cut(evs []eventstore.PersistedEvent, from, h int64, limit int, gen uint64) *page {
+	p := &page{from: from, safe: from, horizon: h, gen: gen}
+	n := len(evs)
+	for i := range evs {
+		pos := evs[i].GlobalPosition
+		if pos <= h || pos == max(p.safe, h)+1 {
+			p.safe = pos
+			continue
+		}
+		n = i
+		p.held = true
+		break
+	}
+	if p.held || len(evs) < limit {
+		// Every visible event at or below h was read, and the holes below h are settled.
+		p.safe = max(p.safe, h)
+	}
+	p.events = evs[:n:n]
+	p.final = !p.held && len(evs) == limit
+	return p
+}
+
+// readFiltered reads, for one projection alone, the events in (from, h] that its filter lets
+// through. Everything up to h is settled, so the projection may move to h when the page is not
+// full, even past events the filter skipped.
+func (r *pageReader) readFiltered(ctx context.Context, from, h int64, m projector.Matcher) (*page, error) {
+	aggs, types := m.AggregateTypes(), m.EventTypes()
+	rows, err := r.pool.Query(ctx, r.filtered, from, h, aggs, types, r.limit)
+	if err != nil {
+		return nil, fmt.Errorf("read filtered events after %d: %w", from, err)
+	}
+	evs, err := postgres.ScanEvents(rows, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read filtered events after %d: %w", from, err)
+	}
+	p := &page{from: from, safe: h, events: evs, horizon: h}
+	if len(evs) == r.limit {
+		p.safe = evs[len(evs)-1].GlobalPosition
+	}
+	return p, nil
+}
+
+func (r *pageReader) readCount() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reads
+}

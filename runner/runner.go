@@ -1,0 +1,323 @@
+// Package runner keeps projections up to date from the events table: it wakes on notifications
+// (and polls), reads pages of events without ever skipping one that commits late (the horizon of
+// DESIGN.md section 4), and hands each batch to the projection inside the transaction that moves
+// its checkpoint forward with a compare-and-set.
+//
+//	r, err := runner.New(pool, store, runner.Config{Logger: logger})
+//	r.Register(balances)                               // a projector.Projection
+//	r.Register(audit, runner.WithFailurePolicy(runner.DeadLetter))
+//	err = r.Run(ctx)                                   // blocks; returns nil after ctx ends
+//
+// Several runners (in one process or many) may run the same projections: the checkpoint row lock
+// and compare-and-set make sure every batch is applied once.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgxlisten"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/horizon"
+	"github.com/eventline/eventline/internal/sqlname"
+	"github.com/eventline/eventline/projector"
+)
+
+// Errors.
+var (
+	// ErrAlreadyRunning: Run was called twice, or Register after Run.
+	ErrAlreadyRunning = errors.New("runner: already running")
+	// ErrDuplicateName: two projections with one name.
+	ErrDuplicateName = errors.New("runner: duplicate projection name")
+	// ErrUnknownProjection: no projection with that name is registered.
+	ErrUnknownProjection = errors.New("runner: unknown projection")
+)
+
+// Runner runs projections. Create it with New, Register projections, then Run.
+type Runner struct {
+	pool  *pgxpool.Pool
+	store *postgres.Store
+	cfg   Config
+	log   *zap.Logger
+	cps   *checkpoint.Store
+
+	mu       sync.Mutex
+	workers  []*worker
+	byName   map[string]*worker
+	started  bool
+	tracker  *horizon.Tracker
+	wake     *broadcast
+	pages    *pageReader
+	headSQL  string
+	lagSQL   string
+	listenMu sync.Mutex
+}
+
+// New returns a runner reading store's events table through pool.
+func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error) {
+	if pool == nil || store == nil {
+		return nil, errors.New("runner: pool and store are required")
+	}
+	cfg = cfg.withDefaults(store.Config().NotifyChannel)
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.NotifyChannel != "" {
+		if err := sqlname.Channel(cfg.NotifyChannel); err != nil {
+			return nil, fmt.Errorf("runner config: %w", err)
+		}
+	}
+	cps, err := checkpoint.New(checkpoint.Config{Table: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable})
+	if err != nil {
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	ev := store.EventsTable().Quoted()
+	return &Runner{
+		pool:    pool,
+		store:   store,
+		cfg:     cfg,
+		log:     cfg.Logger.Named("runner"),
+		cps:     cps,
+		byName:  map[string]*worker{},
+		wake:    newBroadcast(),
+		pages:   newPageReader(pool, store, cfg.BatchSize, cfg.PageCache),
+		headSQL: `SELECT coalesce(max(global_position), 0) FROM ` + ev,
+		lagSQL:  `SELECT created_at FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`,
+	}, nil
+}
+
+// Checkpoints returns the checkpoint store the runner uses.
+func (r *Runner) Checkpoints() *checkpoint.Store { return r.cps }
+
+// Register adds a projection. It must be called before Run. The name must be non-empty and
+// unique.
+func (r *Runner) Register(p projector.Projection, opts ...Option) error {
+	if p == nil {
+		return errors.New("runner: nil projection")
+	}
+	return r.add(p.Name(), p, nil, opts)
+}
+
+// RegisterDetached adds a detached (side-effect) handler: at-least-once, outside any transaction.
+func (r *Runner) RegisterDetached(d projector.Detached, opts ...Option) error {
+	if d == nil {
+		return errors.New("runner: nil handler")
+	}
+	return r.add(d.Name(), nil, d, opts)
+}
+
+func (r *Runner) add(name string, p projector.Projection, d projector.Detached, opts []Option) error {
+	if name == "" {
+		return errors.New("runner: projection name is empty")
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.started {
+		return fmt.Errorf("register %q: %w", name, ErrAlreadyRunning)
+	}
+	if _, dup := r.byName[name]; dup {
+		return fmt.Errorf("register %q: %w", name, ErrDuplicateName)
+	}
+	var f projector.Filter
+	if p != nil {
+		f, _ = p.(projector.Filter)
+	} else {
+		f, _ = d.(projector.Filter)
+	}
+	w := &worker{
+		r:        r,
+		key:      checkpoint.Key{Projection: name},
+		proj:     p,
+		detached: d,
+		match:    projector.NewMatcher(f),
+		policy:   o.policy,
+		log:      r.log.With(zap.String("projection", name)),
+		state:    checkpoint.Running,
+		reload:   make(chan struct{}, 1),
+	}
+	r.workers = append(r.workers, w)
+	r.byName[name] = w
+	return nil
+}
+
+// Run checks the events table, sets up the projections and runs them until ctx ends. Then it lets
+// the batches in flight finish (for at most ShutdownTimeout, after which they are rolled back),
+// waits for every goroutine it started, and returns nil. It returns an error when the start-up
+// checks fail (missing trigger, sequence cache) or a projection's Setup fails.
+func (r *Runner) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.started {
+		r.mu.Unlock()
+		return ErrAlreadyRunning
+	}
+	r.started = true
+	workers := append([]*worker(nil), r.workers...)
+	r.mu.Unlock()
+
+	seq, err := horizon.Check(ctx, r.pool, r.store.EventsTable())
+	if err != nil {
+		return fmt.Errorf("runner: %w", err)
+	}
+	tracker := horizon.New(r.store.EventsTable(), seq, 0)
+	if _, err := tracker.Tick(ctx, r.pool); err != nil {
+		return fmt.Errorf("runner: %w", err)
+	}
+	r.mu.Lock()
+	r.tracker = tracker
+	r.mu.Unlock()
+	for _, w := range workers {
+		if err := w.setup(ctx); err != nil {
+			return err
+		}
+	}
+
+	// hardCtx outlives ctx by the shutdown timeout: batches in flight use it.
+	hardCtx, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	stopTimer := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(r.cfg.ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelHard()
+		case <-hardCtx.Done():
+		}
+	})
+	defer stopTimer()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return tracker.Run(gctx, r.pool, r.cfg.HorizonInterval, r.cfg.HorizonMinGap, func(err error) {
+			r.log.Warn("horizon refresh failed", zap.Error(err))
+		})
+	})
+	// Any horizon move may release a projection held at a hole.
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-tracker.Changed():
+				r.wake.Signal()
+			}
+		}
+	})
+	if r.cfg.NotifyChannel != "" {
+		g.Go(func() error { return r.listen(gctx) })
+	}
+	for _, w := range workers {
+		g.Go(func() error {
+			w.run(gctx, hardCtx)
+			return nil
+		})
+	}
+	err = g.Wait()
+	cancelHard()
+	r.log.Info("runner stopped")
+	return err
+}
+
+// listen wakes the projections on every notification and after every (re)connect.
+func (r *Runner) listen(ctx context.Context) error {
+	connCfg := r.pool.Config().ConnConfig.Copy()
+	l := &pgxlisten.Listener{
+		Connect: func(ctx context.Context) (*pgx.Conn, error) {
+			return pgx.ConnectConfig(ctx, connCfg)
+		},
+		LogError: func(ctx context.Context, err error) {
+			if ctx.Err() == nil {
+				r.log.Warn("listener", zap.Error(err))
+			}
+		},
+		ReconnectDelay: r.cfg.ReconnectDelay,
+	}
+	l.Handle(r.cfg.NotifyChannel, wakeHandler{r})
+	if err := l.Listen(ctx); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("runner: listen on %q: %w", r.cfg.NotifyChannel, err)
+	}
+	return nil
+}
+
+type wakeHandler struct{ r *Runner }
+
+func (h wakeHandler) HandleNotification(context.Context, *pgconn.Notification, *pgx.Conn) error {
+	h.r.wake.Signal()
+	return nil
+}
+
+// HandleBacklog runs after each (re)connect, once LISTEN is in place: whatever was committed
+// while the listener was away is picked up now.
+func (h wakeHandler) HandleBacklog(_ context.Context, _ string, conn *pgx.Conn) error {
+	if f := h.r.cfg.Hooks.ListenerConnected; f != nil {
+		f(conn.PgConn().PID())
+	}
+	h.r.wake.Signal()
+	return nil
+}
+
+// Wake makes every projection look for new events now. Appenders in the same process may call it
+// after committing, instead of (or besides) a notify channel.
+func (r *Runner) Wake() { r.wake.Signal() }
+
+// Rebuild empties a projection's read model (its Reset, if it has one) and moves its checkpoint
+// back to 0, in one transaction; the runner then replays it from the start. It also clears a
+// stopped state.
+func (r *Runner) Rebuild(ctx context.Context, name string) error {
+	r.mu.Lock()
+	w, ok := r.byName[name]
+	r.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("rebuild %q: %w", name, ErrUnknownProjection)
+	}
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		if err := r.cps.Ensure(ctx, tx, w.key); err != nil {
+			return err
+		}
+		if _, err := r.cps.Load(ctx, tx, w.key); err != nil {
+			return err
+		}
+		if rs, ok := w.proj.(projector.Resetter); ok {
+			if err := rs.Reset(ctx, tx); err != nil {
+				return fmt.Errorf("reset read model: %w", err)
+			}
+		}
+		return r.cps.Reset(ctx, tx, w.key, 0)
+	})
+	if err != nil {
+		return fmt.Errorf("rebuild %q: %w", name, err)
+	}
+	w.requestReload()
+	r.wake.Signal()
+	return nil
+}
+
+// Resume clears a stopped or paused projection's state so that it runs again from its
+// checkpoint (the failing event is retried).
+func (r *Runner) Resume(ctx context.Context, name string) error {
+	r.mu.Lock()
+	w, ok := r.byName[name]
+	r.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("resume %q: %w", name, ErrUnknownProjection)
+	}
+	if err := r.cps.SetState(ctx, r.pool, w.key, checkpoint.Running); err != nil {
+		return fmt.Errorf("resume %q: %w", name, err)
+	}
+	w.requestReload()
+	r.wake.Signal()
+	return nil
+}

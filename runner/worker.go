@@ -1,0 +1,478 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+
+	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/projector"
+)
+
+// worker runs one projection: it owns the projection's in-memory position and is the only
+// goroutine that calls its handler.
+type worker struct {
+	r        *Runner
+	key      checkpoint.Key
+	proj     projector.Projection
+	detached projector.Detached
+	match    projector.Matcher
+	policy   FailurePolicy
+	log      *zap.Logger
+	reload   chan struct{} // asks the worker to re-read its checkpoint
+
+	// Owned by the worker goroutine.
+	loaded      bool
+	persisted   int64 // the checkpoint as last read or written
+	pos         int64 // >= persisted: events in (persisted, pos] matched nothing
+	lastPersist time.Time
+
+	mu        sync.Mutex // guards the fields below, read by Status
+	state     checkpoint.State
+	lastErr   string
+	statusPos int64
+	heldAt    int64 // position the projection waits beyond; 0 when not held
+	rate      rateMeter
+}
+
+func (w *worker) requestReload() {
+	select {
+	case w.reload <- struct{}{}:
+	default:
+	}
+}
+
+// setup creates the checkpoint row and runs the projection's Setup.
+func (w *worker) setup(ctx context.Context) error {
+	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
+		if err := w.r.cps.Ensure(ctx, tx, w.key); err != nil {
+			return err
+		}
+		var s projector.Setup
+		if w.proj != nil {
+			s, _ = w.proj.(projector.Setup)
+		} else {
+			s, _ = w.detached.(projector.Setup)
+		}
+		if s != nil {
+			if err := s.Setup(ctx, tx); err != nil {
+				return fmt.Errorf("setup: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("runner: projection %q: %w", w.key.Projection, err)
+	}
+	return nil
+}
+
+// run loops until ctx ends. Database work uses hardCtx, which ends only after the shutdown
+// timeout, so the batch in flight at shutdown can finish.
+func (w *worker) run(ctx, hardCtx context.Context) {
+	backoff := w.r.cfg.RetryMin
+	poll := time.NewTimer(w.r.cfg.PollInterval)
+	defer poll.Stop()
+	for ctx.Err() == nil {
+		wakeC, gen := w.r.wake.C()
+		progressed, held, err := w.step(hardCtx, gen)
+		if err != nil {
+			if hardCtx.Err() != nil {
+				return
+			}
+			w.loaded = false // the outcome of a failed commit is unknown: re-read the checkpoint
+			w.setErr(err)
+			if f := w.r.cfg.Hooks.Retrying; f != nil {
+				f(w.key, err, backoff)
+			}
+			w.log.Warn("batch failed, retrying", zap.Error(err), zap.Duration("delay", backoff))
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(2*backoff, w.r.cfg.RetryMax)
+			continue
+		}
+		backoff = w.r.cfg.RetryMin
+		if progressed {
+			continue
+		}
+		if held {
+			w.r.tracker.Request()
+		} else {
+			w.persistIdle(hardCtx)
+		}
+		select {
+		case <-ctx.Done():
+		case <-wakeC:
+		case <-w.reload:
+			w.loaded = false
+		case <-poll.C:
+			w.loaded = false
+			poll.Reset(w.r.cfg.PollInterval)
+		}
+	}
+	w.persistIdle(hardCtx)
+}
+
+// step applies at most one page. It reports whether the position moved, and whether the
+// projection is held at a hole that is not settled yet.
+func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, err error) {
+	if !w.loaded {
+		cp, err := w.r.cps.Get(ctx, w.r.pool, w.key)
+		if err != nil {
+			return false, false, err
+		}
+		w.persisted, w.pos, w.loaded = cp.Position, cp.Position, true
+		w.lastPersist = time.Now()
+		w.mu.Lock()
+		w.state, w.statusPos = cp.State, cp.Position
+		if cp.State == checkpoint.Running {
+			w.lastErr = ""
+		} else {
+			w.lastErr = cp.LastError
+		}
+		w.mu.Unlock()
+	}
+	if w.currentState() != checkpoint.Running {
+		return false, false, nil
+	}
+	h := w.r.tracker.Horizon()
+	var p *page
+	if !w.match.All() && h > w.pos {
+		p, err = w.r.pages.readFiltered(ctx, w.pos, h, w.match)
+	} else {
+		p, err = w.r.pages.get(ctx, w.pos, h, gen)
+	}
+	if err != nil {
+		return false, false, err
+	}
+	w.setHeld(p)
+	if p.safe <= w.pos {
+		return false, p.held, nil
+	}
+	events := p.events
+	if !w.match.All() {
+		events = filterEvents(events, w.match)
+	}
+	if len(events) == 0 {
+		w.pos = p.safe
+		w.setStatusPos(w.pos)
+		return true, false, nil
+	}
+	if err := w.apply(ctx, events, p.safe); err != nil {
+		return false, false, err
+	}
+	return true, false, nil
+}
+
+func filterEvents(evs []eventstore.PersistedEvent, m projector.Matcher) []eventstore.PersistedEvent {
+	out := make([]eventstore.PersistedEvent, 0, len(evs))
+	for i := range evs {
+		if m.Match(&evs[i]) {
+			out = append(out, evs[i])
+		}
+	}
+	return out
+}
+
+// apply hands events, all in (pos, to], to the projection and moves the checkpoint to to. A
+// handler failure is narrowed down to the failing event, to which the failure policy applies.
+func (w *worker) apply(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+	if w.detached != nil {
+		return w.applyDetached(ctx, events, to)
+	}
+	err := w.dispatch(ctx, events, to)
+	var he *handlerError
+	if err == nil || !errors.As(err, &he) || he.transient {
+		return err
+	}
+	return w.isolate(ctx, events, to)
+}
+
+// isolate finds the failing event by splitting the batch, applying what succeeds.
+func (w *worker) isolate(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+	for {
+		if len(events) == 1 {
+			err := w.dispatch(ctx, events, to)
+			var he *handlerError
+			if err == nil || !errors.As(err, &he) || he.transient {
+				return err
+			}
+			return w.fail(ctx, events[0], to, he)
+		}
+		half := len(events) / 2
+		first, firstTo := events[:half], events[half].GlobalPosition-1
+		err := w.dispatch(ctx, first, firstTo)
+		var he *handlerError
+		switch {
+		case err == nil:
+			events = events[half:]
+			if err := w.dispatch(ctx, events, to); err == nil || !errors.As(err, &he) || he.transient {
+				return err
+			}
+		case errors.As(err, &he) && !he.transient:
+			events, to = first, firstTo
+		default:
+			return err
+		}
+	}
+}
+
+// handlerError is an error (or panic) of the projection's handler.
+type handlerError struct {
+	err       error
+	transient bool // a database error worth retrying as is (serialization failure, lost connection)
+}
+
+func (e *handlerError) Error() string { return e.err.Error() }
+func (e *handlerError) Unwrap() error { return e.err }
+
+// dispatch applies one batch in one transaction: lock the checkpoint, handle, compare-and-set,
+// commit.
+func (w *worker) dispatch(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+	return w.commit(ctx, events, to, func(ctx context.Context, tx pgx.Tx) error {
+		return w.callHandler(ctx, tx, events)
+	}, time.Now())
+}
+
+// applyDetached hands events one by one to a detached handler, outside any transaction, then
+// moves the checkpoint (at-least-once). On a failure it saves the progress made before the
+// failing event and applies the failure policy to that event.
+func (w *worker) applyDetached(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+	start := time.Now()
+	for i := range events {
+		err := w.callDetached(ctx, events[i])
+		if err == nil {
+			continue
+		}
+		if i > 0 {
+			if err := w.commit(ctx, events[:i], events[i].GlobalPosition-1, nil, start); err != nil {
+				return err
+			}
+		}
+		var he *handlerError
+		if !errors.As(err, &he) {
+			return err
+		}
+		return w.fail(ctx, events[i], events[i].GlobalPosition, he)
+	}
+	return w.commit(ctx, events, to, nil, start)
+}
+
+// commit runs handle (if any) in a transaction that moves the checkpoint from persisted to to.
+func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent, to int64,
+	handle func(context.Context, pgx.Tx) error, start time.Time) error {
+	from := w.persisted
+	tx, err := w.r.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	cp, err := w.r.cps.Load(ctx, tx, w.key)
+	if err != nil {
+		return err
+	}
+	if cp.Position != from || cp.State != checkpoint.Running {
+		return fmt.Errorf("checkpoint %s is at %d (%s), batch was read from %d: %w",
+			w.key, cp.Position, cp.State, from, checkpoint.ErrConflict)
+	}
+	if handle != nil {
+		if err := handle(ctx, tx); err != nil {
+			var he *handlerError
+			if errors.As(err, &he) && !he.transient && tx.Conn().IsClosed() {
+				he.transient = true
+			}
+			return err
+		}
+	}
+	if err := w.r.cps.Save(ctx, tx, w.key, from, to); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	w.persisted, w.pos = to, to
+	w.lastPersist = time.Now()
+	w.mu.Lock()
+	w.statusPos, w.lastErr = to, ""
+	w.rate.add(len(events))
+	w.mu.Unlock()
+	if f := w.r.cfg.Hooks.BatchCommitted; f != nil && len(events) > 0 {
+		f(BatchInfo{Key: w.key, Events: len(events), From: from, To: to, Took: time.Since(start)})
+	}
+	return nil
+}
+
+func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore.PersistedEvent) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("handler panicked", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+			err = &handlerError{err: fmt.Errorf("handler panicked: %v", p)}
+		}
+	}()
+	if herr := w.proj.Handle(ctx, tx, events); herr != nil {
+		return &handlerError{err: herr, transient: isTransient(herr)}
+	}
+	return nil
+}
+
+func (w *worker) callDetached(ctx context.Context, ev eventstore.PersistedEvent) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("handler panicked", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+			err = &handlerError{err: fmt.Errorf("handler panicked: %v", p)}
+		}
+	}()
+	if herr := w.detached.HandleEvent(ctx, ev); herr != nil {
+		return &handlerError{err: herr}
+	}
+	return nil
+}
+
+// fail applies the failure policy to ev, whose batch ends at to.
+func (w *worker) fail(ctx context.Context, ev eventstore.PersistedEvent, to int64, herr *handlerError) error {
+	from := w.persisted
+	msg := fmt.Sprintf("event %d (%s %s/%s): %v", ev.GlobalPosition, ev.EventType, ev.AggregateType, ev.AggregateID, herr.err)
+	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
+		cp, err := w.r.cps.Load(ctx, tx, w.key)
+		if err != nil {
+			return err
+		}
+		if cp.Position != from {
+			return fmt.Errorf("checkpoint %s moved to %d: %w", w.key, cp.Position, checkpoint.ErrConflict)
+		}
+		if w.policy == DeadLetter {
+			if err := w.r.cps.Park(ctx, tx, w.key, ev, msg); err != nil {
+				return err
+			}
+			return w.r.cps.Save(ctx, tx, w.key, from, to)
+		}
+		return w.r.cps.Stop(ctx, tx, w.key, from, ev.GlobalPosition-1, ev.GlobalPosition, msg)
+	})
+	if err != nil {
+		return fmt.Errorf("apply %s policy to event %d: %w", w.policy, ev.GlobalPosition, err)
+	}
+	if f := w.r.cfg.Hooks.HandlerFailed; f != nil {
+		f(w.key, ev.GlobalPosition, herr.err, w.policy)
+	}
+	w.mu.Lock()
+	w.lastErr = msg
+	if w.policy == DeadLetter {
+		w.persisted, w.pos, w.statusPos = to, to, to
+	} else {
+		w.persisted, w.pos, w.statusPos = ev.GlobalPosition-1, ev.GlobalPosition-1, ev.GlobalPosition-1
+		w.state = checkpoint.Stopped
+	}
+	w.mu.Unlock()
+	w.log.Error("handler failed", zap.String("policy", w.policy.String()), zap.Int64("position", ev.GlobalPosition), zap.Error(herr.err))
+	return nil
+}
+
+// persistIdle saves progress over skipped events when it has been kept in memory long enough.
+func (w *worker) persistIdle(ctx context.Context) {
+	if !w.loaded || w.pos == w.persisted || time.Since(w.lastPersist) < w.r.cfg.PersistIdle {
+		return
+	}
+	if err := w.commit(ctx, nil, w.pos, nil, time.Now()); err != nil && ctx.Err() == nil {
+		w.loaded = false
+		w.log.Debug("saving skipped progress failed", zap.Error(err))
+	}
+}
+
+func (w *worker) currentState() checkpoint.State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state
+}
+
+func (w *worker) setErr(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lastErr = err.Error()
+}
+
+func (w *worker) setStatusPos(pos int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.statusPos = pos
+	w.lastErr = ""
+}
+
+func (w *worker) setHeld(p *page) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if p.held && p.safe <= w.pos {
+		if w.heldAt == 0 {
+			if f := w.r.cfg.Hooks.HeldAtGap; f != nil {
+				defer f(w.key, p.safe+1)
+			}
+		}
+		w.heldAt = p.safe + 1
+	} else {
+		w.heldAt = 0
+	}
+}
+
+// isTransient reports whether a database error is worth retrying unchanged.
+func isTransient(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
+			return true
+		case "40": // serialization failure, deadlock
+			return pgErr.Code == "40001" || pgErr.Code == "40P01"
+		}
+		return false
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		pgconn.SafeToRetry(err) || pgconn.Timeout(err)
+}
+
+// sleep waits for d or ctx; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// rateMeter is a one-second sliding estimate of events applied per second.
+type rateMeter struct {
+	windowStart time.Time
+	count, last float64
+}
+
+func (m *rateMeter) add(n int) {
+	now := time.Now()
+	switch el := now.Sub(m.windowStart); {
+	case el >= 2*time.Second:
+		m.windowStart, m.count, m.last = now, 0, 0
+	case el >= time.Second:
+		m.last = m.count / el.Seconds()
+		m.windowStart, m.count = now, 0
+	}
+	m.count += float64(n)
+}
+
+func (m *rateMeter) perSecond() float64 {
+	if time.Since(m.windowStart) >= 2*time.Second {
+		return 0
+	}
+	return m.last
+}
