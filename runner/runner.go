@@ -219,6 +219,19 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.cfg.NotifyChannel != "" {
 		g.Go(func() error { return r.listen(gctx) })
 	}
+	// Polling: a notification is only a hint, and without a channel the only wake-up.
+	g.Go(func() error {
+		t := time.NewTicker(r.cfg.PollInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+				r.wake.Signal()
+			}
+		}
+	})
 	for _, w := range workers {
 		g.Go(func() error {
 			w.run(gctx, hardCtx)

@@ -36,6 +36,7 @@ type worker struct {
 	persisted   int64 // the checkpoint as last read or written
 	pos         int64 // >= persisted: events in (persisted, pos] matched nothing
 	lastPersist time.Time
+	loadedAt    time.Time
 
 	mu        sync.Mutex // guards the fields below, read by Status
 	state     checkpoint.State
@@ -81,8 +82,6 @@ func (w *worker) setup(ctx context.Context) error {
 // timeout, so the batch in flight at shutdown can finish.
 func (w *worker) run(ctx, hardCtx context.Context) {
 	backoff := w.r.cfg.RetryMin
-	poll := time.NewTimer(w.r.cfg.PollInterval)
-	defer poll.Stop()
 	for ctx.Err() == nil {
 		wakeC, gen := w.r.wake.C()
 		progressed, held, err := w.step(hardCtx, gen)
@@ -111,14 +110,16 @@ func (w *worker) run(ctx, hardCtx context.Context) {
 		} else {
 			w.persistIdle(hardCtx)
 		}
+		if time.Since(w.loadedAt) >= w.r.cfg.PollInterval {
+			// Idle: re-read the checkpoint now and then, to notice resets, pauses and resumes
+			// made elsewhere.
+			w.loaded = false
+		}
 		select {
 		case <-ctx.Done():
 		case <-wakeC:
 		case <-w.reload:
 			w.loaded = false
-		case <-poll.C:
-			w.loaded = false
-			poll.Reset(w.r.cfg.PollInterval)
 		}
 	}
 	w.persistIdle(hardCtx)
@@ -133,7 +134,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 			return false, false, err
 		}
 		w.persisted, w.pos, w.loaded = cp.Position, cp.Position, true
-		w.lastPersist = time.Now()
+		w.lastPersist, w.loadedAt = time.Now(), time.Now()
 		w.mu.Lock()
 		w.state, w.statusPos = cp.State, cp.Position
 		if cp.State == checkpoint.Running {

@@ -25,10 +25,16 @@ var errUnavailable = errors.New("not available")
 // obtainServer returns the first source that is there: DATABASE_URL, local server binaries, Docker.
 func obtainServer(ctx context.Context, keep bool) (*server, error) {
 	if connString := os.Getenv(EnvDatabaseURL); connString != "" {
-		if _, err := pgxpool.ParseConfig(connString); err != nil {
+		cfg, err := pgxpool.ParseConfig(connString)
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", EnvDatabaseURL, err)
 		}
-		return &server{desc: EnvDatabaseURL + " server", connString: connString, external: true}, nil
+		cc := cfg.ConnConfig
+		return &server{
+			desc:       fmt.Sprintf("%s server %s:%d (maintenance database %s)", EnvDatabaseURL, cc.Host, cc.Port, cc.Database),
+			connString: connString,
+			external:   true,
+		}, nil
 	}
 
 	srv, err := startLocalCluster(ctx, keep)

@@ -1,0 +1,43 @@
+# Targets marked with ## are listed by `make` (or `make help`).
+
+GO            ?= go
+TEST_TIMEOUT  ?= 10m
+BENCH_TIMEOUT ?= 60m
+# Benchmarks that run a fixed workload take one iteration of it anyway; raise this for the
+# micro-benchmarks, e.g. make bench BENCHTIME=5s.
+BENCHTIME     ?= 1s
+BENCH         ?= .
+PKG           ?= ./...
+STATICCHECK   ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.DEFAULT_GOAL := help
+.PHONY: help build test test/race test/short bench demo lint tidy
+
+help: ## List the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_\/.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+build: ## Build every package
+	$(GO) build $(PKG)
+
+test: test/race ## Run all tests with the race detector (gets a database: see internal/pgtest)
+
+test/race: ## Run all tests with the race detector
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKG)
+
+test/short: ## Run the quick tests (-short, no race detector)
+	$(GO) test -short -count=1 -timeout $(TEST_TIMEOUT) $(PKG)
+
+bench: ## Run the benchmarks, which print their own comparison tables
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime=$(BENCHTIME) -benchmem -count=1 -timeout $(BENCH_TIMEOUT) $(PKG)
+
+demo: ## Run the demo (examples/demo)
+	$(GO) run ./examples/demo
+
+lint: ## Run go vet, gofmt and staticcheck
+	$(GO) vet $(PKG)
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then echo "gofmt -l lists files to format:"; echo "$$unformatted"; exit 1; fi
+	$(GO) run $(STATICCHECK) $(PKG)
+
+tidy: ## Fail if go mod tidy would change go.mod or go.sum
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy and commit the result"; exit 1; }
