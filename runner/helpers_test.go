@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
@@ -41,8 +42,12 @@ type recorder struct {
 
 func (r *recorder) Name() string { return r.name }
 
-func (r *recorder) Setup(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS applied (
+func (r *recorder) Setup(ctx context.Context, tx pgx.Tx) error { return createApplied(ctx, tx) }
+
+func createApplied(ctx context.Context, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}) error {
+	_, err := db.Exec(ctx, `CREATE TABLE IF NOT EXISTS applied (
 		seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 		projection text NOT NULL, global_position bigint NOT NULL, event_id uuid NOT NULL,
 		aggregate_type text NOT NULL, aggregate_id text NOT NULL, aggregate_version bigint NOT NULL)`)
@@ -105,6 +110,7 @@ type harness struct {
 
 func newHarness(t *testing.T, notify bool) *harness {
 	db := pgtest.NewDatabase(t)
+	require.NoError(t, createApplied(context.Background(), db.Pool))
 	var opts []postgres.StoreOption
 	if notify {
 		opts = append(opts, postgres.WithNotifyChannel("eventline_events"))

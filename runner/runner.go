@@ -168,21 +168,12 @@ func (r *Runner) Run(ctx context.Context) error {
 	workers := append([]*worker(nil), r.workers...)
 	r.mu.Unlock()
 
-	seq, err := horizon.Check(ctx, r.pool, r.store.EventsTable())
+	tracker, err := r.start(ctx, workers)
 	if err != nil {
-		return fmt.Errorf("runner: %w", err)
-	}
-	tracker := horizon.New(r.store.EventsTable(), seq, 0)
-	if _, err := tracker.Tick(ctx, r.pool); err != nil {
-		return fmt.Errorf("runner: %w", err)
-	}
-	r.mu.Lock()
-	r.tracker = tracker
-	r.mu.Unlock()
-	for _, w := range workers {
-		if err := w.setup(ctx); err != nil {
-			return err
+		if ctx.Err() != nil {
+			return nil // stopped while starting
 		}
+		return err
 	}
 
 	// hardCtx outlives ctx by the shutdown timeout: batches in flight use it.
@@ -242,6 +233,27 @@ func (r *Runner) Run(ctx context.Context) error {
 	cancelHard()
 	r.log.Info("runner stopped")
 	return err
+}
+
+// start runs the start-up checks, the first horizon tick and the projections' setup.
+func (r *Runner) start(ctx context.Context, workers []*worker) (*horizon.Tracker, error) {
+	seq, err := horizon.Check(ctx, r.pool, r.store.EventsTable())
+	if err != nil {
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	tracker := horizon.New(r.store.EventsTable(), seq, 0)
+	if _, err := tracker.Tick(ctx, r.pool); err != nil {
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	r.mu.Lock()
+	r.tracker = tracker
+	r.mu.Unlock()
+	for _, w := range workers {
+		if err := w.setup(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return tracker, nil
 }
 
 // listen wakes the projections on every notification and after every (re)connect.

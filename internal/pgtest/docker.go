@@ -22,14 +22,14 @@ const (
 	dockerOwnerKey = "eventline.pgtest.owner" // label: "<hostname>/<pid>" of the test binary
 )
 
-// startDocker starts a postgres:15 container; errUnavailable if no Docker engine answers.
+// startDocker starts a postgres:15 container; an unavailableError if no Docker engine answers.
 func startDocker(ctx context.Context) (*server, error) {
 	pool, err := dockertest.NewPool("")
 	if err == nil {
 		err = pool.Client.PingWithContext(ctx)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: no Docker engine answers: %v", errUnavailable, err)
+		return nil, unavailable("no engine answers: %v", err)
 	}
 	hostname, _ := os.Hostname()
 	sweepStaleContainers(pool, hostname)

@@ -68,7 +68,7 @@ type cluster struct {
 	running bool
 }
 
-// startLocalCluster starts a cluster from local server binaries; errUnavailable if there are none.
+// startLocalCluster starts a cluster from local server binaries; an unavailableError if there are none.
 func startLocalCluster(ctx context.Context, keep bool) (*server, error) {
 	binDir, err := findBinDir()
 	if err != nil {
@@ -79,7 +79,11 @@ func startLocalCluster(ctx context.Context, keep bool) (*server, error) {
 		return nil, err
 	}
 	root := clusterRoot()
-	for _, dir := range slices.Concat(c.sweepStale(root), c.sweepStale(os.TempDir())) {
+	removed := c.sweepStale(root)
+	if root != os.TempDir() { // where runs with TMPDIR set, or without /dev/shm, put theirs
+		removed = append(removed, c.sweepStale(os.TempDir())...)
+	}
+	for _, dir := range removed {
 		fmt.Fprintf(os.Stderr, "pgtest: removed %s, a cluster left by an earlier run\n", dir)
 	}
 
@@ -124,7 +128,7 @@ func findBinDir() (string, error) {
 			return dir, nil
 		}
 	}
-	return "", fmt.Errorf("%w: no directory with initdb, pg_ctl and postgres (looked at pg_config --bindir, PATH, /usr/lib/postgresql/*/bin)", errUnavailable)
+	return "", unavailable("no directory with initdb, pg_ctl and postgres (in pg_config --bindir, on PATH, in /usr/lib/postgresql/*/bin)")
 }
 
 func cmpFloat(a, b float64) int {

@@ -172,6 +172,9 @@ func (h *harness) warnAboutSettings(ctx context.Context) {
 // obtainServer started. It is safe on a partly set up harness.
 func (h *harness) tearDown() error {
 	var errs []error
+	if h.admin != nil && h.srv.external && h.keep {
+		fmt.Fprintf(os.Stderr, "pgtest: kept the template database %s (%s=1)\n", h.template, EnvKeep)
+	}
 	if h.admin != nil {
 		if h.srv.external && !h.keep {
 			ctx, cancel := context.WithTimeout(context.Background(), databaseTimeout)

@@ -18,9 +18,20 @@ type server struct {
 	close      func() error // stops and removes what pgtest started; nil for an external server
 }
 
-// errUnavailable marks a source that is not there at all (no binaries, no Docker engine), as
-// opposed to one that is there and failed, which ends the search with its error.
-var errUnavailable = errors.New("not available")
+// unavailableError says that a source is not there at all (no binaries, no Docker engine), as
+// opposed to there and failing, which ends the search with its error.
+type unavailableError struct{ reason string }
+
+func (e *unavailableError) Error() string { return e.reason }
+
+func unavailable(format string, args ...any) error {
+	return &unavailableError{reason: fmt.Sprintf(format, args...)}
+}
+
+func isUnavailable(err error) bool {
+	var u *unavailableError
+	return errors.As(err, &u)
+}
 
 // obtainServer returns the first source that is there: DATABASE_URL, local server binaries, Docker.
 func obtainServer(ctx context.Context, keep bool) (*server, error) {
@@ -38,13 +49,13 @@ func obtainServer(ctx context.Context, keep bool) (*server, error) {
 	}
 
 	srv, err := startLocalCluster(ctx, keep)
-	if !errors.Is(err, errUnavailable) {
+	if !isUnavailable(err) {
 		return srv, err
 	}
 	localErr := err
 
 	srv, err = startDocker(ctx)
-	if !errors.Is(err, errUnavailable) {
+	if !isUnavailable(err) {
 		return srv, err
 	}
 	return nil, fmt.Errorf(`no PostgreSQL server for the tests. Get one in any of these ways:
@@ -53,5 +64,6 @@ func obtainServer(ctx context.Context, keep bool) (*server, error) {
   2. install the PostgreSQL server binaries (initdb, pg_ctl, postgres), for example
      apt-get install -y postgresql; the tests then start a throwaway cluster of their own
   3. run a Docker engine; the tests then start a postgres:15 container
-(local binaries: %v; docker: %v)`, EnvDatabaseURL, EnvDatabaseURL, localErr, err)
+Looked for: local binaries: %v
+            Docker: %v`, EnvDatabaseURL, EnvDatabaseURL, localErr, err)
 }
