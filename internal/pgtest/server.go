@@ -67,3 +67,18 @@ func obtainServer(ctx context.Context, keep bool) (*server, error) {
 Looked for: local binaries: %v
             Docker: %v`, EnvDatabaseURL, EnvDatabaseURL, localErr, err)
 }
+
+// Throwaway gets a server for a program rather than a test (the demo): DATABASE_URL when set,
+// else a throwaway local cluster, else a Docker container, like Main. It returns the connection
+// string and a function that stops and removes whatever it started (nothing, for DATABASE_URL).
+func Throwaway(ctx context.Context) (connString string, stop func() error, err error) {
+	srv, err := obtainServer(ctx, false)
+	if err != nil {
+		return "", nil, err
+	}
+	stop = func() error { return nil }
+	if srv.close != nil {
+		stop = srv.close
+	}
+	return srv.connString, stop, nil
+}

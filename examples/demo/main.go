@@ -1,0 +1,308 @@
+// Command demo is a small bank kept current by eventline: writers append account events while a
+// runner keeps two read models (balances and daily totals) and a detached notifier up to date;
+// a progress table refreshes in the terminal. After a while a new version of the balances read
+// model is registered and catches up from position 0 while the writers keep going.
+//
+// It uses DATABASE_URL when set, otherwise a throwaway PostgreSQL it starts (and removes) itself.
+// Ctrl-C stops it cleanly.
+//
+//	go run ./examples/demo [-duration 30s] [-writers 4] [-rate 400]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/pgtest"
+	"github.com/eventline/eventline/migrations"
+	"github.com/eventline/eventline/projector"
+	"github.com/eventline/eventline/runner"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	duration time.Duration
+	writers  int
+	rate     int
+	v2After  time.Duration
+	out      io.Writer
+	redraw   bool
+}
+
+func run() error {
+	var o options
+	flag.DurationVar(&o.duration, "duration", 0, "stop after this long (0: run until Ctrl-C)")
+	flag.IntVar(&o.writers, "writers", 4, "concurrent writers")
+	flag.IntVar(&o.rate, "rate", 400, "events per second, all writers together")
+	flag.DurationVar(&o.v2After, "v2-after", 8*time.Second, "when to register balances v2")
+	flag.Parse()
+	o.out, o.redraw = os.Stdout, true
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	url := os.Getenv("DATABASE_URL")
+	if url == "" {
+		fmt.Println("starting a throwaway PostgreSQL (set DATABASE_URL to use yours)...")
+		var cleanup func() error
+		var err error
+		url, cleanup, err = pgtest.Throwaway(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = cleanup() }()
+	}
+	return demo(ctx, url, o)
+}
+
+// The bank's events.
+type (
+	AccountOpened struct {
+		Owner string `json:"owner"`
+	}
+	Deposited struct {
+		Amount int64 `json:"amount"`
+	}
+	Withdrawn struct {
+		Amount int64 `json:"amount"`
+	}
+)
+
+func demo(ctx context.Context, url string, o options) error {
+	if o.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.duration)
+		defer cancel()
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer pool.Close()
+	if _, err := migrations.Apply(ctx, pool, migrations.DefaultConfig()); err != nil {
+		return err
+	}
+	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("bank_events")))
+
+	var notified atomic.Int64
+	r1, err := runner.New(pool, store, runner.Config{})
+	if err != nil {
+		return err
+	}
+	for _, p := range []projector.Projection{balances("balances", "demo_balances"), dailyTotals()} {
+		if err := r1.Register(p); err != nil {
+			return err
+		}
+	}
+	if err := r1.RegisterDetached(&bigDepositNotifier{sent: &notified}, runner.WithFailurePolicy(runner.DeadLetter)); err != nil {
+		return err
+	}
+	// Version 2 of the balances read model, in its own table, is started later on a second runner.
+	r2, err := runner.New(pool, store, runner.Config{})
+	if err != nil {
+		return err
+	}
+	if err := r2.Register(balances("balances_v2", "demo_balances_v2")); err != nil {
+		return err
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r1.Run(ctx) })
+	var appended atomic.Int64
+	for w := 0; w < o.writers; w++ {
+		g.Go(func() error { return write(ctx, pool, store, w, o.rate/max(1, o.writers), &appended) })
+	}
+	var v2Started atomic.Bool
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(o.v2After):
+		}
+		v2Started.Store(true)
+		return r2.Run(ctx)
+	})
+	g.Go(func() error {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
+			rs := []*runner.Runner{r1}
+			if v2Started.Load() {
+				rs = append(rs, r2)
+			}
+			if err := progress(ctx, o, rs, appended.Load(), notified.Load()); err != nil && ctx.Err() == nil {
+				return err
+			}
+		}
+	})
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	fmt.Fprintf(o.out, "stopped cleanly: %d events appended, %d big-deposit notices sent\n", appended.Load(), notified.Load())
+	return nil
+}
+
+// balances keeps one row per account. name and table differ per version.
+func balances(name, table string) *projector.Router {
+	t := pgx.Identifier{table}.Sanitize()
+	r := projector.NewRouter(name,
+		projector.WithAggregateTypes("account"),
+		projector.WithSetup(func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+t+` (
+				account_id text PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL DEFAULT 0,
+				transactions int NOT NULL DEFAULT 0)`)
+			return err
+		}),
+		projector.WithReset(func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `TRUNCATE `+t)
+			return err
+		}))
+	projector.On(r, "AccountOpened", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p AccountOpened) error {
+		_, err := tx.Exec(ctx, `INSERT INTO `+t+` (account_id, owner) VALUES ($1, $2)`, ev.AggregateID, p.Owner)
+		return err
+	})
+	projector.On(r, "Deposited", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Deposited) error {
+		_, err := tx.Exec(ctx, `UPDATE `+t+` SET balance = balance + $2, transactions = transactions + 1 WHERE account_id = $1`, ev.AggregateID, p.Amount)
+		return err
+	})
+	projector.On(r, "Withdrawn", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Withdrawn) error {
+		_, err := tx.Exec(ctx, `UPDATE `+t+` SET balance = balance - $2, transactions = transactions + 1 WHERE account_id = $1`, ev.AggregateID, p.Amount)
+		return err
+	})
+	return r
+}
+
+// dailyTotals sums money in and out per day.
+func dailyTotals() *projector.Router {
+	r := projector.NewRouter("daily_totals",
+		projector.WithSetup(func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS demo_daily_totals (
+				day date PRIMARY KEY, deposited bigint NOT NULL DEFAULT 0, withdrawn bigint NOT NULL DEFAULT 0)`)
+			return err
+		}))
+	add := func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, in, out int64) error {
+		_, err := tx.Exec(ctx, `INSERT INTO demo_daily_totals (day, deposited, withdrawn) VALUES ($1::timestamptz::date, $2, $3)
+			ON CONFLICT (day) DO UPDATE SET deposited = demo_daily_totals.deposited + $2, withdrawn = demo_daily_totals.withdrawn + $3`,
+			ev.CreatedAt, in, out)
+		return err
+	}
+	projector.On(r, "Deposited", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Deposited) error {
+		return add(ctx, tx, ev, p.Amount, 0)
+	})
+	projector.On(r, "Withdrawn", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Withdrawn) error {
+		return add(ctx, tx, ev, 0, p.Amount)
+	})
+	return r
+}
+
+// bigDepositNotifier is a side effect outside the database (here it only counts): at-least-once,
+// keyed by event ID for idempotency in a real mailer.
+type bigDepositNotifier struct{ sent *atomic.Int64 }
+
+func (n *bigDepositNotifier) Name() string             { return "big_deposit_notifier" }
+func (n *bigDepositNotifier) AggregateTypes() []string { return []string{"account"} }
+func (n *bigDepositNotifier) EventTypes() []string     { return []string{"Deposited"} }
+func (n *bigDepositNotifier) HandleEvent(_ context.Context, ev eventstore.PersistedEvent) error {
+	if strings.Contains(string(ev.Payload), `"amount":9`) {
+		n.sent.Add(1)
+	}
+	return nil
+}
+
+// write opens accounts and moves money, at about rate events per second.
+func write(ctx context.Context, pool *pgxpool.Pool, store *postgres.Store, id, rate int, appended *atomic.Int64) error {
+	rng := rand.New(rand.NewPCG(uint64(id), uint64(time.Now().UnixNano())))
+	var accounts []string
+	tick := time.NewTicker(time.Second / time.Duration(max(1, rate)))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		var evs []eventstore.Event
+		if len(accounts) < 5 || rng.IntN(50) == 0 {
+			acct := fmt.Sprintf("w%d-%d", id, len(accounts))
+			accounts = append(accounts, acct)
+			evs = append(evs, event(acct, "AccountOpened", AccountOpened{Owner: fmt.Sprintf("owner %d", rng.IntN(1000))}))
+		} else {
+			acct := accounts[rng.IntN(len(accounts))]
+			if rng.IntN(3) == 0 {
+				evs = append(evs, event(acct, "Withdrawn", Withdrawn{Amount: 1 + rng.Int64N(100)}))
+			} else {
+				evs = append(evs, event(acct, "Deposited", Deposited{Amount: 1 + rng.Int64N(100)}))
+			}
+		}
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			_, err := store.Append(ctx, tx, eventstore.Any(), evs)
+			return err
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("writer %d: %w", id, err)
+		}
+		appended.Add(int64(len(evs)))
+	}
+}
+
+func event(account, typ string, payload any) eventstore.Event {
+	b, _ := json.Marshal(payload)
+	return eventstore.Event{AggregateType: "account", AggregateID: account, EventType: typ, Payload: b}
+}
+
+// progress prints one table of every projection's state.
+func progress(ctx context.Context, o options, rs []*runner.Runner, appended, notified int64) error {
+	var b strings.Builder
+	if o.redraw {
+		b.WriteString("\033[H\033[2J")
+	}
+	fmt.Fprintf(&b, "eventline demo — %d events appended, %d big-deposit notices (Ctrl-C to stop)\n\n", appended, notified)
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "projection\tposition\thead\tlag (events)\tlag (s)\tevents/s\tstate\t")
+	for _, r := range rs {
+		sts, err := r.Status(ctx)
+		if err != nil {
+			return err
+		}
+		for _, st := range sts {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2f\t%.0f\t%s\t\n", st.Name, st.Position, st.Head, st.LagEvents, st.LagSeconds, st.EventsPerSecond, st.State)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := io.WriteString(o.out, b.String())
+	return err
+}
