@@ -222,4 +222,3 @@ func TestServerRestart(t *testing.T) {
 	wl.verify(t, "all", "")
 	wl.verify(t, "accounts", "aggregate_type = 'account'")
 }
-

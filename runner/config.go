@@ -77,6 +77,11 @@ type Hooks struct {
 	HeldAtGap func(key checkpoint.Key, position int64)
 	// ListenerConnected: the listener (re)connected; pid is its backend.
 	ListenerConnected func(pid uint32)
+	// Progressed: the projection's position moved to position (after a commit, or over events
+	// its filter skipped or holes that are settled).
+	Progressed func(key checkpoint.Key, position int64)
+	// PageRead: a page of events was read from the database (shared pages are read once).
+	PageRead func(from int64, events int)
 }
 
 // BatchInfo describes a committed batch.

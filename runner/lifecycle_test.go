@@ -152,7 +152,9 @@ func TestRebuild(t *testing.T) {
 	r, _ := h.start(h.config(), &recorder{name: "rec"})
 	h.waitFor("caught up", func() bool { return len(appliedPositions(t, h.db.Pool, "rec")) == 12 })
 	require.NoError(t, r.Rebuild(ctx, "rec"))
-	h.waitFor("rebuilt", func() bool { return stateOf(t, r, "rec").Position == positions[11] && len(appliedPositions(t, h.db.Pool, "rec")) == 12 })
+	h.waitFor("rebuilt", func() bool {
+		return stateOf(t, r, "rec").Position == positions[11] && len(appliedPositions(t, h.db.Pool, "rec")) == 12
+	})
 	require.Equal(t, positions, appliedPositions(t, h.db.Pool, "rec"))
 	require.ErrorIs(t, r.Rebuild(ctx, "nope"), runner.ErrUnknownProjection)
 }

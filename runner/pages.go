@@ -28,6 +28,7 @@ type page struct {
 // pageReader reads pages once and shares them between projections at the same position
 // (DESIGN.md section 5, reading). It keeps at most max pages.
 type pageReader struct {
+	onRead   func(from int64, events int)
 	pool     *pgxpool.Pool
 	limit    int
 	max      int
@@ -38,7 +39,6 @@ type pageReader struct {
 	inflight map[int64]*pageCall
 	cache    map[int64]*page
 	order    []int64
-	reads    int64 // pages read from the database (for tests and benchmarks)
 }
 
 type pageCall struct {
@@ -85,7 +85,6 @@ func (r *pageReader) get(ctx context.Context, from, h int64, gen uint64) (*page,
 	}
 	c := &pageCall{done: make(chan struct{})}
 	r.inflight[from] = c
-	r.reads++
 	r.mu.Unlock()
 
 	c.p, c.err = r.read(ctx, from, h, gen)
@@ -119,6 +118,9 @@ func (r *pageReader) read(ctx context.Context, from, h int64, gen uint64) (*page
 	evs, err := postgres.ScanEvents(rows, r.limit)
 	if err != nil {
 		return nil, fmt.Errorf("read events after %d: %w", from, err)
+	}
+	if r.onRead != nil {
+		r.onRead(from, len(evs))
 	}
 	return cut(evs, from, h, r.limit, gen), nil
 }
@@ -158,15 +160,12 @@ func (r *pageReader) readFiltered(ctx context.Context, from, h int64, m projecto
 	if err != nil {
 		return nil, fmt.Errorf("read filtered events after %d: %w", from, err)
 	}
+	if r.onRead != nil {
+		r.onRead(from, len(evs))
+	}
 	p := &page{from: from, safe: h, events: evs, horizon: h}
 	if len(evs) == r.limit {
 		p.safe = evs[len(evs)-1].GlobalPosition
 	}
 	return p, nil
-}
-
-func (r *pageReader) readCount() int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.reads
 }

@@ -82,6 +82,8 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 		return nil, fmt.Errorf("runner: %w", err)
 	}
 	ev := store.EventsTable().Quoted()
+	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageCache)
+	pages.onRead = cfg.Hooks.PageRead
 	return &Runner{
 		pool:    pool,
 		store:   store,
@@ -90,7 +92,7 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 		cps:     cps,
 		byName:  map[string]*worker{},
 		wake:    newBroadcast(),
-		pages:   newPageReader(pool, store, cfg.BatchSize, cfg.PageCache),
+		pages:   pages,
 		headSQL: `SELECT coalesce(max(global_position), 0) FROM ` + ev,
 		lagSQL:  `SELECT created_at FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`,
 	}, nil
@@ -230,6 +232,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		})
 	}
 	err = g.Wait()
+	tracker.Close(context.Background())
 	cancelHard()
 	r.log.Info("runner stopped")
 	return err
@@ -242,7 +245,10 @@ func (r *Runner) start(ctx context.Context, workers []*worker) (*horizon.Tracker
 		return nil, fmt.Errorf("runner: %w", err)
 	}
 	tracker := horizon.New(r.store.EventsTable(), seq, 0)
+	connCfg := r.pool.Config().ConnConfig.Copy()
+	tracker.Connect(func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, connCfg) })
 	if _, err := tracker.Tick(ctx, r.pool); err != nil {
+		tracker.Close(context.Background())
 		return nil, fmt.Errorf("runner: %w", err)
 	}
 	r.mu.Lock()

@@ -168,10 +168,11 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 	if len(events) == 0 {
 		w.pos = p.safe
 		w.setStatusPos(w.pos)
-		return true, false, nil
-	}
-	if err := w.apply(ctx, events, p.safe); err != nil {
+	} else if err := w.apply(ctx, events, p.safe); err != nil {
 		return false, false, err
+	}
+	if f := w.r.cfg.Hooks.Progressed; f != nil {
+		f(w.key, w.pos)
 	}
 	return true, false, nil
 }

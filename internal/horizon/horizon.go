@@ -106,6 +106,9 @@ type Tracker struct {
 	changed chan struct{}
 
 	requests chan struct{}
+
+	connect func(context.Context) (*pgx.Conn, error)
+	conn    *pgx.Conn // guarded by tickMu
 }
 
 // New returns a tracker for the events table whose position sequence is seq (from Check).
@@ -159,11 +162,51 @@ func (t *Tracker) Request() {
 	}
 }
 
+// Connect sets how the tracker gets its own connection. A dedicated connection keeps horizon
+// refreshes from queueing behind a pool that slow appenders have exhausted. Without it, Tick uses
+// the pool it is given.
+func (t *Tracker) Connect(connect func(context.Context) (*pgx.Conn, error)) { t.connect = connect }
+
+// Close closes the dedicated connection, if any.
+func (t *Tracker) Close(ctx context.Context) {
+	t.tickMu.Lock()
+	defer t.tickMu.Unlock()
+	if t.conn != nil {
+		_ = t.conn.Close(ctx)
+		t.conn = nil
+	}
+}
+
+type batchSender interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 // Tick reads L and the holders in one round trip and advances the horizon. It returns the new
 // horizon.
 func (t *Tracker) Tick(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 	t.tickMu.Lock()
 	defer t.tickMu.Unlock()
+	var db batchSender = pool
+	if t.connect != nil {
+		if t.conn == nil || t.conn.IsClosed() {
+			conn, err := t.connect(ctx)
+			if err != nil {
+				return 0, fmt.Errorf("horizon: connect: %w", err)
+			}
+			t.conn = conn
+		}
+		db = t.conn
+	}
+	h, err := t.tick(ctx, db)
+	if err != nil && t.conn != nil {
+		// Start afresh on the next tick: the connection may be broken.
+		_ = t.conn.Close(ctx)
+		t.conn = nil
+	}
+	return h, err
+}
+
+func (t *Tracker) tick(ctx context.Context, pool batchSender) (int64, error) {
 
 	// The batch runs its statements in order on one connection: L is read before the locks.
 	batch := &pgx.Batch{}
@@ -259,34 +302,43 @@ func (t *Tracker) Tick(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 	return t.h, nil
 }
 
-// Run ticks every interval, and when asked (Request), at most once per minGap, until ctx ends.
-// Failed ticks are reported to onError and retried at the next interval. It returns nil when ctx
-// ends.
+// Run ticks every interval until ctx ends. After a Request it ticks every minGap instead, until
+// the horizon moves (the waiters are then woken through Changed, and ask again if they still
+// wait). Failed ticks are reported to onError and retried. It returns nil when ctx ends.
 func (t *Tracker) Run(ctx context.Context, pool *pgxpool.Pool, interval, minGap time.Duration, onError func(error)) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	fast := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
 		case <-t.requests:
-			if !timer.Stop() {
-				select {
-				case <-timer.C:
-				default:
-				}
+			fast = true
+		}
+		before := t.Horizon()
+		h, err := t.Tick(ctx, pool)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return nil
 			}
-		}
-		if _, err := t.Tick(ctx, pool); err != nil && ctx.Err() == nil {
 			onError(err)
+		case h != before:
+			fast = false
 		}
-		timer.Reset(interval)
-		// Rate-limit on-demand ticks: each reads pg_locks, which is not free.
+		// Drain a request that arrived during the tick: it is served by the next fast tick.
 		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(minGap):
+		case <-t.requests:
+			fast = true
+		default:
 		}
+		wait := interval
+		if fast && err == nil {
+			// Each tick reads pg_locks, which is not free: at most one per minGap.
+			wait = minGap
+		}
+		timer.Reset(wait)
 	}
 }
