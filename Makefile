@@ -3,9 +3,9 @@
 GO            ?= go
 TEST_TIMEOUT  ?= 10m
 BENCH_TIMEOUT ?= 60m
-# Benchmarks that run a fixed workload take one iteration of it anyway; raise this for the
-# micro-benchmarks, e.g. make bench BENCHTIME=5s.
-BENCHTIME     ?= 1s
+# The benchmarks measure a fixed workload inside one iteration and print their own tables;
+# packages run one at a time (-p 1) so that they do not disturb each other.
+BENCHTIME     ?= 1x
 BENCH         ?= .
 PKG           ?= ./...
 STATICCHECK   ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -28,7 +28,7 @@ test/short: ## Run the quick tests (-short, no race detector)
 	$(GO) test -short -count=1 -timeout $(TEST_TIMEOUT) $(PKG)
 
 bench: ## Run the benchmarks, which print their own comparison tables
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime=$(BENCHTIME) -benchmem -count=1 -timeout $(BENCH_TIMEOUT) $(PKG)
+	$(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchtime=$(BENCHTIME) -benchmem -count=1 -timeout $(BENCH_TIMEOUT) $(PKG)
 
 demo: ## Run the demo (examples/demo)
 	$(GO) run ./examples/demo

@@ -51,16 +51,15 @@ type Runner struct {
 	log   *zap.Logger
 	cps   *checkpoint.Store
 
-	mu       sync.Mutex
-	workers  []*worker
-	byName   map[string]*worker
-	started  bool
-	tracker  *horizon.Tracker
-	wake     *broadcast
-	pages    *pageReader
-	headSQL  string
-	lagSQL   string
-	listenMu sync.Mutex
+	mu      sync.Mutex
+	workers []*worker
+	byName  map[string]*worker
+	started bool
+	tracker *horizon.Tracker
+	wake    *broadcast
+	pages   *pageReader
+	headSQL string
+	lagSQL  string
 }
 
 // New returns a runner reading store's events table through pool.
