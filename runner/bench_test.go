@@ -382,6 +382,7 @@ func BenchmarkHoleRelease(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer pool.Close()
+	db.Pool.Close() // replaced by the larger pool; the harness closes that one too
 	db.Pool = pool
 	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("hole_events")))
 
