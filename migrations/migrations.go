@@ -112,14 +112,12 @@ func Files(cfg Config) ([]Migration, error) {
 		return nil, err
 	}
 	data := map[string]any{
-		"Events":            n.events.Quoted(),
-		"AggregateHeads":    n.heads.Quoted(),
-		"Checkpoints":       n.checkpoints.Quoted(),
-		"DeadLetters":       n.deadLetters.Quoted(),
-		"AppendLockFunc":    n.events.Sibling("eventline_append_lock"),
-		"PositionLockFunc":  n.events.Sibling("eventline_position_lock"),
-		"AppendLockKey":     strconv.FormatInt(sqlname.AppendLockKey(n.events), 10),
-		"PositionLockClass": strconv.FormatInt(int64(sqlname.PositionLockClass(n.events)), 10),
+		"Events":         n.events.Quoted(),
+		"AggregateHeads": n.heads.Quoted(),
+		"Checkpoints":    n.checkpoints.Quoted(),
+		"DeadLetters":    n.deadLetters.Quoted(),
+		"AppendLockFunc": n.events.Sibling("eventline_append_lock"),
+		"AppendLockKey":  strconv.FormatInt(sqlname.AppendLockKey(n.events), 10),
 	}
 	entries, err := fs.ReadDir(sqlFiles, "sql")
 	if err != nil {

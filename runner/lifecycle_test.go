@@ -112,7 +112,6 @@ func TestStartupChecks(t *testing.T) {
 	for name, breakIt := range map[string]string{
 		"no trigger":       `DROP TRIGGER eventline_append_lock ON events`,
 		"disabled trigger": `ALTER TABLE events DISABLE TRIGGER eventline_append_lock`,
-		"no position lock": `DROP TRIGGER eventline_position_lock ON events`,
 		"sequence cache":   `ALTER TABLE events ALTER COLUMN global_position SET CACHE 20`,
 	} {
 		t.Run(name, func(t *testing.T) {

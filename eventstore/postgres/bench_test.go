@@ -23,10 +23,10 @@ import (
 // events (into a copy of the events table without eventline's triggers or aggregate heads), in
 // the same run, for 1, 4 and 16 writers, 1 and 10 events per transaction, with and without a
 // notify channel. It prints a table of events/s and the ratio. Run it with -benchtime=1x: each
-// cell is measured for a fixed time (EVENTLINE_BENCH_CELL, default 1.5s), alternating store and
+// cell is measured for a fixed time (EVENTLINE_BENCH_CELL, default 3s), alternating store and
 // baseline rounds so that machine drift hits both alike.
 func BenchmarkAppend(b *testing.B) {
-	cell := 1500 * time.Millisecond
+	cell := 3 * time.Second
 	if v := os.Getenv("EVENTLINE_BENCH_CELL"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -53,6 +53,9 @@ func BenchmarkAppend(b *testing.B) {
 	var lines []string
 	for _, notify := range []bool{false, true} {
 		for _, perTx := range []int{1, 10} {
+			if only := os.Getenv("EVENTLINE_BENCH_PER_TX"); only != "" && only != fmt.Sprint(perTx) {
+				continue
+			}
 			for _, writers := range []int{1, 4, 16} {
 				store := plain
 				if notify {

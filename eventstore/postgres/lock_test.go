@@ -97,3 +97,28 @@ func TestAppendLockIsShared(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, tx1.Commit(ctx))
 }
+
+// Append also holds the position lock on its first position, so the horizon tracker can ignore it
+// for holes below that position.
+func TestAppendHoldsItsPositionLock(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	tx, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = store.Append(ctx, db.Pool, eventstore.Any(), newEvents("a", "before", 3))
+	require.NoError(t, err)
+	res, err := store.Append(ctx, tx, eventstore.Any(), newEvents("a", "1", 3))
+	require.NoError(t, err)
+	var pid uint32
+	require.NoError(t, tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid))
+	class := uint32(sqlname.PositionLockClass(sqlname.MustParse("events")))
+	var objid []int64
+	rows, err := db.Pool.Query(ctx, `SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objsubid = 2 AND pid = $2 AND granted`, class, pid)
+	require.NoError(t, err)
+	objid, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Equal(t, []int64{res.GlobalPositions()[0]}, objid)
+}

@@ -3,13 +3,15 @@
 //
 // The tables are created by package migrations. Every statement that inserts into the events
 // table takes a shared advisory lock first (a trigger does it, so raw INSERT and COPY are covered
-// too); package runner uses that lock to read without ever skipping a late-committing event.
+// too), and Append also locks its first position; package runner uses those locks to read without
+// ever skipping a late-committing event.
 package postgres
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,6 +91,11 @@ func (s *Store) buildSQL() {
 	RETURNING global_position, aggregate_version
 )
 SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_version), max(aggregate_version)`
+	// The same statement takes the position lock: a shared advisory lock on the low 32 bits of
+	// the first position allocated, so the horizon tracker knows this appender holds nothing
+	// below it (DESIGN.md section 4).
+	class := strconv.FormatInt(int64(sqlname.PositionLockClass(s.events)), 10)
+	insert += `, pg_advisory_xact_lock_shared(` + class + `, (min(global_position) & 4294967295)::bit(32)::integer)::text`
 	withInsert := func(head, channelParam string) string {
 		q := head + insert
 		if s.cfg.NotifyChannel != "" {
@@ -192,11 +199,11 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 	}
 
 	var (
-		positions []int64
-		from, to  int64
-		notified  *string
+		positions        []int64
+		from, to         int64
+		locked, notified *string
 	)
-	err := tx.QueryRow(ctx, query, args...).Scan(&positions, &from, &to, &notified)
+	err := tx.QueryRow(ctx, query, args...).Scan(&positions, &from, &to, &locked, &notified)
 	switch {
 	case err == nil:
 		return eventstore.NewAppendResult(from, to, positions), nil

@@ -113,8 +113,8 @@ func AppendLockKey(events Name) int64 {
 	return int64(h.Sum64() | 1<<63)
 }
 
-// PositionLockClass is the first key of the two-key shared advisory lock that an appender takes
-// on the low 32 bits of the first position it allocated in a statement. The tracker uses it to
+// PositionLockClass is the first key of the two-key shared advisory lock that Append takes on the
+// low 32 bits of the first position it allocated in a statement. The tracker uses it to
 // ignore appenders whose positions all lie above a hole.
 func PositionLockClass(events Name) int32 {
 	h := fnv.New32a()

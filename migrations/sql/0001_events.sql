@@ -10,23 +10,6 @@ BEGIN
 END
 $fn$;
 
--- After the statement, the appender also takes a shared lock keyed by the low 32 bits of the first
--- position it allocated, so the tracker can tell that it holds nothing below that position.
-CREATE OR REPLACE FUNCTION {{.PositionLockFunc}}() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    first_position bigint;
-BEGIN
-    SELECT min(global_position) INTO first_position FROM new_rows;
-    IF first_position IS NOT NULL THEN
-        PERFORM pg_advisory_xact_lock_shared(
-            TG_ARGV[0]::integer,
-            ((first_position & 4294967295) - CASE WHEN first_position & 2147483648 <> 0 THEN 4294967296 ELSE 0 END)::integer);
-    END IF;
-    RETURN NULL;
-END
-$fn$;
-
 CREATE TABLE {{.Events}} (
     -- CACHE 1 is required: with a per-session cache, a later appender could take a lower
     -- position than the sequence's last_value shows, which the horizon tracker relies on.
@@ -50,11 +33,6 @@ CREATE TABLE {{.Events}} (
 CREATE TRIGGER eventline_append_lock
     BEFORE INSERT ON {{.Events}}
     FOR EACH STATEMENT EXECUTE FUNCTION {{.AppendLockFunc}}('{{.AppendLockKey}}');
-
-CREATE TRIGGER eventline_position_lock
-    AFTER INSERT ON {{.Events}}
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION {{.PositionLockFunc}}('{{.PositionLockClass}}');
 
 CREATE TABLE {{.AggregateHeads}} (
     aggregate_type text   NOT NULL,
