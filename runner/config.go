@@ -19,7 +19,7 @@ const (
 	ShutdownTimeoutDefault = 10 * time.Second
 	RetryMinDefault        = 50 * time.Millisecond
 	RetryMaxDefault        = 5 * time.Second
-	PageCacheDefault       = 16
+	PageCacheDefault       = 64
 	PersistIdleDefault     = time.Second
 )
 
@@ -38,7 +38,7 @@ type Config struct {
 	// runner's memory together with PageCache. Defaults to 500.
 	BatchSize int
 	// PageCache is how many pages are kept so that projections at the same position share one
-	// read. Defaults to 16.
+	// read (pages furthest behind are evicted first). Defaults to 64.
 	PageCache int
 	// PollInterval is how often projections look for events without a notification, and re-read
 	// their checkpoints (to notice resets and resumes by other processes). Defaults to 1s.

@@ -158,14 +158,19 @@ func (h *harness) start(cfg runner.Config, projections ...projector.Projection) 
 func (h *harness) run(r *runner.Runner) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
+	go func() {
+		err := r.Run(ctx)
+		if err != nil {
+			h.t.Errorf("runner stopped with an error: %v", err)
+		}
+		done <- err
+	}()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
 			cancel()
 			select {
-			case err := <-done:
-				require.NoError(h.t, err)
+			case <-done: // an error was reported when Run returned
 			case <-time.After(waitTimeout):
 				h.t.Fatal("runner did not stop")
 			}
@@ -187,6 +192,9 @@ func (h *harness) waitFor(what string, cond func() bool) {
 		h.mu.Unlock()
 		if cond() {
 			return
+		}
+		if h.t.Failed() {
+			h.t.FailNow()
 		}
 		select {
 		case <-ch:

@@ -38,7 +38,8 @@ type pageReader struct {
 	mu       sync.Mutex
 	inflight map[int64]*pageCall
 	cache    map[int64]*page
-	order    []int64
+	bg       context.Context // prefetches run under it; nil before start
+	wg       sync.WaitGroup
 }
 
 type pageCall struct {
@@ -64,8 +65,18 @@ func newPageReader(pool *pgxpool.Pool, store *postgres.Store, limit, max int) *p
 }
 
 // get returns the page at from, under horizon h and wake generation gen: from the cache when a
-// page read there is still good, joining a read in flight, or reading it.
+// page read there is still good, joining a read in flight, or reading it. After a full page it
+// starts reading the next one in the background, so the database reads while the projection
+// writes.
 func (r *pageReader) get(ctx context.Context, from, h int64, gen uint64) (*page, error) {
+	p, err := r.load(ctx, from, h, gen)
+	if err == nil && p.final {
+		r.prefetch(p.safe, h, gen)
+	}
+	return p, err
+}
+
+func (r *pageReader) load(ctx context.Context, from, h int64, gen uint64) (*page, error) {
 	r.mu.Lock()
 	if p, ok := r.cache[from]; ok && (p.final || (p.gen == gen && p.horizon >= h)) {
 		r.mu.Unlock()
@@ -78,10 +89,10 @@ func (r *pageReader) get(ctx context.Context, from, h int64, gen uint64) (*page,
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		if c.err == nil && c.p.horizon >= h {
+		if c.err == nil && (c.p.final || c.p.horizon >= h) {
 			return c.p, nil
 		}
-		return r.get(ctx, from, h, gen)
+		return r.load(ctx, from, h, gen)
 	}
 	c := &pageCall{done: make(chan struct{})}
 	r.inflight[from] = c
@@ -92,19 +103,52 @@ func (r *pageReader) get(ctx context.Context, from, h int64, gen uint64) (*page,
 	r.mu.Lock()
 	delete(r.inflight, from)
 	if c.err == nil {
-		if _, ok := r.cache[from]; !ok {
-			r.order = append(r.order, from)
-		}
 		r.cache[from] = c.p
-		for len(r.order) > r.max {
-			delete(r.cache, r.order[0])
-			r.order = r.order[1:]
+		for len(r.cache) > r.max {
+			// Evict the page furthest behind: during a catch-up the projections move forwards.
+			oldest := int64(-1)
+			for k := range r.cache {
+				if oldest < 0 || k < oldest {
+					oldest = k
+				}
+			}
+			delete(r.cache, oldest)
 		}
 	}
 	r.mu.Unlock()
 	close(c.done)
 	return c.p, c.err
 }
+
+// prefetch reads the page at from in the background unless it is cached or being read. The
+// goroutine belongs to the reader: wait for it with wait. It does nothing after stop.
+func (r *pageReader) prefetch(from, h int64, gen uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bg == nil || r.bg.Err() != nil {
+		return
+	}
+	if _, ok := r.cache[from]; ok {
+		return
+	}
+	if _, ok := r.inflight[from]; ok {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		_, _ = r.load(r.bg, from, h, gen) // an error is met again by the projection that needs the page
+	}()
+}
+
+// start enables prefetching until ctx ends; wait then waits for the prefetches in flight.
+func (r *pageReader) start(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bg = ctx
+}
+
+func (r *pageReader) wait() { r.wg.Wait() }
 
 // read reads the visible events after from and keeps the prefix that is safe to apply: every
 // event at or below the horizon h, then only the contiguous run above max(from, h)

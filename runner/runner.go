@@ -192,6 +192,8 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer stopTimer()
 
 	g, gctx := errgroup.WithContext(ctx)
+	r.pages.start(gctx)
+	defer r.pages.wait()
 	g.Go(func() error {
 		return tracker.Run(gctx, r.pool, r.cfg.HorizonInterval, r.cfg.HorizonMinGap, func(err error) {
 			r.log.Warn("horizon refresh failed", zap.Error(err))

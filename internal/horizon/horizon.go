@@ -66,7 +66,9 @@ func Check(ctx context.Context, db eventstore.DBTX, events sqlname.Name) (string
 		return "", fmt.Errorf("check triggers of %s: %w", events, err)
 	}
 	k := strconv.FormatInt(sqlname.AppendLockKey(events), 10)
-	if d := defs["eventline_append_lock"]; !strings.Contains(d, "BEFORE INSERT") || !strings.Contains(d, "FOR EACH STATEMENT") || !strings.Contains(d, "('"+k+"')") {
+	if d := defs["eventline_append_lock"]; !strings.Contains(d, "BEFORE INSERT") || !strings.Contains(d, "FOR EACH STATEMENT") ||
+		!strings.Contains(d, "WHEN") || !strings.Contains(d, "pg_advisory_xact_lock_shared(") || strings.Count(d, k) != 2 ||
+		!strings.Contains(d, "eventline_append_lock('"+k+"')") {
 		return "", fmt.Errorf("%w: %s lacks the enabled trigger eventline_append_lock (BEFORE INSERT FOR EACH STATEMENT, key %s); run the migrations", ErrNotSafe, events, k)
 	}
 	return *seq, nil
