@@ -1,10 +1,12 @@
-// Package checkpoint stores how far each projection (and each partition of a partitioned
-// projection) has got in the global log, and the events it parked.
+// Package checkpoint stores how far each projection (each version, each partition) has got in
+// the global log, which runner process owns it, which runner processes are alive, and the events
+// projections parked.
 //
 // A batch is applied as: Load (row locked FOR UPDATE), handle, Save as a compare-and-set from the
-// position the batch was read from, commit. A worker whose position is stale (another worker got
-// there first, or it lost ownership) fails Save with ErrConflict and its transaction rolls back,
-// so no batch is ever applied twice (DESIGN.md G3).
+// position the batch was read from and on the owner, commit. A worker whose position is stale
+// (another worker got there first) or that lost ownership (it was paused, or cut off, and its
+// lease was taken over) fails Save with ErrConflict and its transaction rolls back, so no batch is
+// ever applied twice (DESIGN.md G3, G6).
 package checkpoint
 
 import (
@@ -31,37 +33,62 @@ const (
 	Stopped State = "stopped"
 	// Paused: an operator paused it.
 	Paused State = "paused"
+	// Building: a new version catching up beside the active one.
+	Building State = "building"
+	// Retired: replaced by a newer version; never run again.
+	Retired State = "retired"
 )
+
+// Applies reports whether a checkpoint in state s takes batches.
+func (s State) Applies() bool { return s == Running || s == Building }
 
 // Errors.
 var (
-	// ErrConflict: Save found a position other than the batch's starting position.
-	ErrConflict = errors.New("checkpoint: position moved (compare-and-set failed)")
-	// ErrNotFound: no checkpoint row for the key.
+	// ErrConflict: Save found a position other than the batch's starting position, another owner,
+	// or a state that does not take batches.
+	ErrConflict = errors.New("checkpoint: moved, owned by another process, or not running (compare-and-set failed)")
+	// ErrNotFound: no such checkpoint or dead letter.
 	ErrNotFound = errors.New("checkpoint: not found")
 )
 
 // Key names a checkpoint.
 type Key struct {
 	Projection string
+	Version    int // 1 unless the projection declares another
 	Partition  int
 }
 
-func (k Key) String() string {
-	if k.Partition == 0 {
-		return k.Projection
+func (k Key) version() int {
+	if k.Version == 0 {
+		return 1
 	}
-	return fmt.Sprintf("%s#%d", k.Projection, k.Partition)
+	return k.Version
+}
+
+// String is "name", "name@2", "name#3" or "name@2#3" (version 1 and partition 0 left out).
+func (k Key) String() string {
+	s := k.Projection
+	if v := k.version(); v != 1 {
+		s += fmt.Sprintf("@%d", v)
+	}
+	if k.Partition != 0 {
+		s += fmt.Sprintf("#%d", k.Partition)
+	}
+	return s
 }
 
 // Checkpoint is one row.
 type Checkpoint struct {
 	Key
-	Position       int64
-	State          State
-	LastError      string
-	FailedPosition int64 // position of the event that stopped it; 0 when running
-	UpdatedAt      time.Time
+	Partitions       int
+	Position         int64
+	State            State
+	LastError        string
+	FailedPosition   int64 // position of the event that stopped it; 0 when running
+	Owner            string
+	LeaseUntil       time.Time
+	RebuildRequested bool
+	UpdatedAt        time.Time
 }
 
 // Config names the tables; empty names take the migrations defaults.
@@ -70,48 +97,64 @@ type Config struct {
 	Table string
 	// DeadLettersTable defaults to "eventline_dead_letters".
 	DeadLettersTable string
+	// NodesTable defaults to "eventline_nodes".
+	NodesTable string
 }
 
 // Store reads and writes checkpoints. It holds no connection and is safe for concurrent use.
 type Store struct {
-	table, dead string
+	table, dead, nodes string
 }
 
 // New validates cfg's names and returns a Store.
 func New(cfg Config) (*Store, error) {
-	if cfg.Table == "" {
-		cfg.Table = migrations.CheckpointsTableDefault
+	def := func(s *string, d string) {
+		if *s == "" {
+			*s = d
+		}
 	}
-	if cfg.DeadLettersTable == "" {
-		cfg.DeadLettersTable = migrations.DeadLettersTableDefault
+	def(&cfg.Table, migrations.CheckpointsTableDefault)
+	def(&cfg.DeadLettersTable, migrations.DeadLettersTableDefault)
+	def(&cfg.NodesTable, migrations.NodesTableDefault)
+	var s Store
+	for _, f := range []struct {
+		what, val string
+		dst       *string
+	}{
+		{"checkpoints table", cfg.Table, &s.table},
+		{"dead letters table", cfg.DeadLettersTable, &s.dead},
+		{"nodes table", cfg.NodesTable, &s.nodes},
+	} {
+		n, err := sqlname.Parse(f.what, f.val)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint config: %w", err)
+		}
+		*f.dst = n.Quoted()
 	}
-	t, err := sqlname.Parse("checkpoints table", cfg.Table)
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint config: %w", err)
-	}
-	d, err := sqlname.Parse("dead letters table", cfg.DeadLettersTable)
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint config: %w", err)
-	}
-	return &Store{table: t.Quoted(), dead: d.Quoted()}, nil
+	return &s, nil
 }
 
-const columns = `projection, partition, position, state, coalesce(last_error, ''), coalesce(failed_position, 0), updated_at`
+const columns = `projection, version, partition, partitions, position, state, coalesce(last_error, ''),
+	coalesce(failed_position, 0), coalesce(owner, ''), coalesce(lease_until, 'epoch'), rebuild_requested, updated_at`
+
+const where = ` WHERE projection = $1 AND version = $2 AND partition = $3`
 
 func scan(row pgx.Row) (Checkpoint, error) {
 	var c Checkpoint
 	var state string
-	var part int32
-	err := row.Scan(&c.Projection, &part, &c.Position, &state, &c.LastError, &c.FailedPosition, &c.UpdatedAt)
-	c.Partition = int(part)
+	var version, part, parts int32
+	err := row.Scan(&c.Projection, &version, &part, &parts, &c.Position, &state, &c.LastError, &c.FailedPosition,
+		&c.Owner, &c.LeaseUntil, &c.RebuildRequested, &c.UpdatedAt)
+	c.Version, c.Partition, c.Partitions = int(version), int(part), int(parts)
 	c.State = State(state)
 	return c, err
 }
 
-// Ensure creates the checkpoint at position 0 if it does not exist.
-func (s *Store) Ensure(ctx context.Context, db eventstore.DBTX, key Key) error {
-	if _, err := db.Exec(ctx, `INSERT INTO `+s.table+` (projection, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
-		key.Projection, key.Partition); err != nil {
+// Ensure creates the checkpoint, at position and in state, if it does not exist.
+func (s *Store) Ensure(ctx context.Context, db eventstore.DBTX, key Key, partitions int, position int64, state State) error {
+	if _, err := db.Exec(ctx, `INSERT INTO `+s.table+` (projection, version, partition, partitions, position, state)
+		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
+		key.Projection, key.version(), key.Partition, max(1, partitions), position, string(state)); err != nil {
 		return fmt.Errorf("create checkpoint %s: %w", key, err)
 	}
 	return nil
@@ -119,8 +162,8 @@ func (s *Store) Ensure(ctx context.Context, db eventstore.DBTX, key Key) error {
 
 // Load reads the checkpoint and locks its row until tx ends.
 func (s *Store) Load(ctx context.Context, tx pgx.Tx, key Key) (Checkpoint, error) {
-	c, err := scan(tx.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table+` WHERE projection = $1 AND partition = $2 FOR UPDATE`,
-		key.Projection, key.Partition))
+	c, err := scan(tx.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table+where+` FOR UPDATE`,
+		key.Projection, key.version(), key.Partition))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{}, fmt.Errorf("load checkpoint %s: %w", key, ErrNotFound)
 	}
@@ -132,8 +175,7 @@ func (s *Store) Load(ctx context.Context, tx pgx.Tx, key Key) (Checkpoint, error
 
 // Get reads the checkpoint without locking it.
 func (s *Store) Get(ctx context.Context, db eventstore.DBTX, key Key) (Checkpoint, error) {
-	c, err := scan(db.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table+` WHERE projection = $1 AND partition = $2`,
-		key.Projection, key.Partition))
+	c, err := scan(db.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table+where, key.Projection, key.version(), key.Partition))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{}, fmt.Errorf("get checkpoint %s: %w", key, ErrNotFound)
 	}
@@ -143,12 +185,13 @@ func (s *Store) Get(ctx context.Context, db eventstore.DBTX, key Key) (Checkpoin
 	return c, nil
 }
 
-// Save moves the checkpoint from from to to, only if it is still at from and running; otherwise
-// it returns ErrConflict and the caller must roll back.
-func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, from, to int64) error {
-	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET position = $4, updated_at = now()
-		WHERE projection = $1 AND partition = $2 AND position = $3 AND state = 'running'`,
-		key.Projection, key.Partition, from, to)
+// Save moves the checkpoint from from to to, only if it is still at from, takes batches, and (when
+// owner is not empty) is owned by owner; otherwise it returns ErrConflict and the caller must roll
+// back.
+func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, owner string, from, to int64) error {
+	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET position = $5, updated_at = now()`+where+`
+		AND position = $4 AND state IN ('running', 'building') AND ($6 = '' OR owner = $6)`,
+		key.Projection, key.version(), key.Partition, from, to, owner)
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", key, err)
 	}
@@ -158,9 +201,27 @@ func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, from, to int64) er
 	return nil
 }
 
-// List returns every checkpoint, ordered by projection and partition.
+// PartitionCounts returns the distinct partition counts recorded for a projection version.
+func (s *Store) PartitionCounts(ctx context.Context, db eventstore.DBTX, projection string, version int) ([]int, error) {
+	rows, err := db.Query(ctx, `SELECT DISTINCT partitions FROM `+s.table+` WHERE projection = $1 AND version = $2 ORDER BY 1`,
+		projection, max(1, version))
+	if err != nil {
+		return nil, fmt.Errorf("read partitions of %s: %w", projection, err)
+	}
+	counts, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return nil, fmt.Errorf("read partitions of %s: %w", projection, err)
+	}
+	out := make([]int, len(counts))
+	for i, c := range counts {
+		out[i] = int(c)
+	}
+	return out, nil
+}
+
+// List returns every checkpoint, ordered by projection, version and partition.
 func (s *Store) List(ctx context.Context, db eventstore.DBTX) ([]Checkpoint, error) {
-	rows, err := db.Query(ctx, `SELECT `+columns+` FROM `+s.table+` ORDER BY projection, partition`)
+	rows, err := db.Query(ctx, `SELECT `+columns+` FROM `+s.table+` ORDER BY projection, version, partition`)
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoints: %w", err)
 	}
@@ -171,12 +232,14 @@ func (s *Store) List(ctx context.Context, db eventstore.DBTX) ([]Checkpoint, err
 	return out, nil
 }
 
-// Reset sets the checkpoint to position and running, clearing any error. Use it in the
-// transaction that empties the read model.
+// Reset sets the checkpoint to position, clearing any error, stop or rebuild request (a building
+// version stays building, others become running). Use it in the transaction that empties the
+// read model.
 func (s *Store) Reset(ctx context.Context, db eventstore.DBTX, key Key, position int64) error {
-	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET position = $3, state = 'running', last_error = NULL,
-		failed_position = NULL, updated_at = now() WHERE projection = $1 AND partition = $2`,
-		key.Projection, key.Partition, position)
+	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET position = $4,
+		state = CASE WHEN state = 'building' THEN 'building' ELSE 'running' END,
+		last_error = NULL, failed_position = NULL, rebuild_requested = false, updated_at = now()`+where,
+		key.Projection, key.version(), key.Partition, position)
 	if err != nil {
 		return fmt.Errorf("reset checkpoint %s: %w", key, err)
 	}
@@ -190,9 +253,9 @@ func (s *Store) Reset(ctx context.Context, db eventstore.DBTX, key Key, position
 // stopped, because the event at failedPosition failed with errText. Like Save it is a
 // compare-and-set on from.
 func (s *Store) Stop(ctx context.Context, tx pgx.Tx, key Key, from, to, failedPosition int64, errText string) error {
-	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET state = 'stopped', position = $6, last_error = $4,
-		failed_position = $5, updated_at = now() WHERE projection = $1 AND partition = $2 AND position = $3`,
-		key.Projection, key.Partition, from, errText, failedPosition, to)
+	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET state = 'stopped', position = $7, last_error = $5,
+		failed_position = $6, updated_at = now()`+where+` AND position = $4`,
+		key.Projection, key.version(), key.Partition, from, errText, failedPosition, to)
 	if err != nil {
 		return fmt.Errorf("stop checkpoint %s: %w", key, err)
 	}
@@ -202,17 +265,84 @@ func (s *Store) Stop(ctx context.Context, tx pgx.Tx, key Key, from, to, failedPo
 	return nil
 }
 
-// SetState sets the state (pause, resume); resuming also clears the error.
-func (s *Store) SetState(ctx context.Context, db eventstore.DBTX, key Key, state State) error {
-	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET state = $3,
-		last_error = CASE WHEN $3 = 'running' THEN NULL ELSE last_error END,
-		failed_position = CASE WHEN $3 = 'running' THEN NULL ELSE failed_position END,
-		updated_at = now() WHERE projection = $1 AND partition = $2`, key.Projection, key.Partition, string(state))
+// SetState sets the state of every version and partition of projection that is running, stopped
+// or paused (building and retired versions are left alone); resuming also clears the error. It
+// returns how many checkpoints changed.
+func (s *Store) SetState(ctx context.Context, db eventstore.DBTX, projection string, state State) (int, error) {
+	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET state = $2,
+		last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END,
+		failed_position = CASE WHEN $2 = 'running' THEN NULL ELSE failed_position END,
+		updated_at = now() WHERE projection = $1 AND state IN ('running', 'stopped', 'paused')`, projection, string(state))
 	if err != nil {
-		return fmt.Errorf("set checkpoint %s %s: %w", key, state, err)
+		return 0, fmt.Errorf("set %s %s: %w", projection, state, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("set checkpoint %s %s: %w", key, state, ErrNotFound)
+		return 0, fmt.Errorf("set %s %s: %w", projection, state, ErrNotFound)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// RequestRebuild asks the owners of projection's active checkpoints to reset the read model and
+// replay it from 0. It returns how many checkpoints were marked.
+func (s *Store) RequestRebuild(ctx context.Context, db eventstore.DBTX, projection string) (int, error) {
+	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET rebuild_requested = true, updated_at = now()
+		WHERE projection = $1 AND state IN ('running', 'stopped', 'paused')`, projection)
+	if err != nil {
+		return 0, fmt.Errorf("request rebuild of %s: %w", projection, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return 0, fmt.Errorf("request rebuild of %s: %w", projection, ErrNotFound)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Claim makes owner the owner of key for lease, if nobody else holds a live lease on it. It
+// reports whether owner now owns it. It never waits: a row locked by a batch in flight (of a
+// process that may be paused) is skipped, and the claim can be tried again later.
+func (s *Store) Claim(ctx context.Context, db eventstore.DBTX, key Key, owner string, lease time.Duration) (bool, error) {
+	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET owner = $4, lease_until = now() + $5 * interval '1 millisecond'
+		WHERE (projection, version, partition) IN (SELECT projection, version, partition FROM `+s.table+where+`
+			AND (owner IS NULL OR owner = $4 OR lease_until < now()) FOR UPDATE SKIP LOCKED)`,
+		key.Projection, key.version(), key.Partition, owner, lease.Milliseconds())
+	if err != nil {
+		return false, fmt.Errorf("claim %s: %w", key, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Renew extends owner's leases and returns the keys it owns. Rows locked by a batch in flight
+// are not waited for: they are still owned (nobody can take them over while locked) and are
+// returned too, with their lease renewed next time.
+func (s *Store) Renew(ctx context.Context, db eventstore.DBTX, owner string, lease time.Duration) ([]Key, error) {
+	rows, err := db.Query(ctx, `WITH renewed AS (
+			UPDATE `+s.table+` SET lease_until = now() + $2 * interval '1 millisecond'
+			WHERE (projection, version, partition) IN (SELECT projection, version, partition FROM `+s.table+`
+				WHERE owner = $1 FOR UPDATE SKIP LOCKED)
+			RETURNING projection, version, partition)
+		SELECT projection, version, partition FROM renewed
+		UNION
+		SELECT projection, version, partition FROM `+s.table+` WHERE owner = $1`, owner, lease.Milliseconds())
+	if err != nil {
+		return nil, fmt.Errorf("renew leases of %s: %w", owner, err)
+	}
+	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
+		var k Key
+		var v, p int32
+		err := r.Scan(&k.Projection, &v, &p)
+		k.Version, k.Partition = int(v), int(p)
+		return k, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("renew leases of %s: %w", owner, err)
+	}
+	return keys, nil
+}
+
+// Release gives up owner's ownership of key (no-op if it does not own it).
+func (s *Store) Release(ctx context.Context, db eventstore.DBTX, key Key, owner string) error {
+	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET owner = NULL, lease_until = NULL`+where+` AND owner = $4`,
+		key.Projection, key.version(), key.Partition, owner); err != nil {
+		return fmt.Errorf("release %s: %w", key, err)
 	}
 	return nil
 }
@@ -225,39 +355,71 @@ type DeadLetter struct {
 	EventID        uuid.UUID
 	Error          string
 	Attempts       int
+	RetryRequested bool
 	CreatedAt      time.Time
 }
 
-// Park records that the event at ev failed for key with errText (attempts counts repeats).
+// Park records that the event ev failed for key with errText (attempts counts repeats).
 func (s *Store) Park(ctx context.Context, tx pgx.Tx, key Key, ev eventstore.PersistedEvent, errText string) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO `+s.dead+` (projection, partition, global_position, event_id, error)
-		VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (projection, partition, global_position)
-		DO UPDATE SET error = EXCLUDED.error, attempts = `+s.dead+`.attempts + 1`,
-		key.Projection, key.Partition, ev.GlobalPosition, ev.EventID, errText); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO `+s.dead+` (projection, version, partition, global_position, event_id, error)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (projection, version, partition, global_position)
+		DO UPDATE SET error = EXCLUDED.error, attempts = `+s.dead+`.attempts + 1, retry_requested = false`,
+		key.Projection, key.version(), key.Partition, ev.GlobalPosition, ev.EventID, errText); err != nil {
 		return fmt.Errorf("park event %d for %s: %w", ev.GlobalPosition, key, err)
 	}
 	return nil
 }
 
-// DeadLetters lists parked events, of one projection or (with "") of all, oldest first.
+const deadColumns = `id, projection, version, partition, global_position, event_id, error, attempts, retry_requested, created_at`
+
+func scanDead(r pgx.CollectableRow) (DeadLetter, error) {
+	var d DeadLetter
+	var version, part, attempts int32
+	err := r.Scan(&d.ID, &d.Key.Projection, &version, &part, &d.GlobalPosition, &d.EventID, &d.Error, &attempts, &d.RetryRequested, &d.CreatedAt)
+	d.Key.Version, d.Key.Partition, d.Attempts = int(version), int(part), int(attempts)
+	return d, err
+}
+
+// DeadLetters lists parked events, of one projection or (with "") of all, in position order.
 func (s *Store) DeadLetters(ctx context.Context, db eventstore.DBTX, projection string) ([]DeadLetter, error) {
-	rows, err := db.Query(ctx, `SELECT id, projection, partition, global_position, event_id, error, attempts, created_at
-		FROM `+s.dead+` WHERE $1 = '' OR projection = $1 ORDER BY projection, partition, global_position`, projection)
+	rows, err := db.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+`
+		WHERE $1 = '' OR projection = $1 ORDER BY projection, version, partition, global_position`, projection)
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (DeadLetter, error) {
-		var d DeadLetter
-		var part, attempts int32
-		err := r.Scan(&d.ID, &d.Key.Projection, &part, &d.GlobalPosition, &d.EventID, &d.Error, &attempts, &d.CreatedAt)
-		d.Key.Partition, d.Attempts = int(part), int(attempts)
-		return d, err
-	})
+	out, err := pgx.CollectRows(rows, scanDead)
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
 	return out, nil
+}
+
+// RetryRequested lists the dead letters of key that an operator asked to retry.
+func (s *Store) RetryRequested(ctx context.Context, db eventstore.DBTX, key Key) ([]DeadLetter, error) {
+	rows, err := db.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+`
+		WHERE projection = $1 AND version = $2 AND partition = $3 AND retry_requested ORDER BY global_position`,
+		key.Projection, key.version(), key.Partition)
+	if err != nil {
+		return nil, fmt.Errorf("list dead letters to retry: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, scanDead)
+	if err != nil {
+		return nil, fmt.Errorf("list dead letters to retry: %w", err)
+	}
+	return out, nil
+}
+
+// RequestRetry asks the owner to run the handler on dead letter id again.
+func (s *Store) RequestRetry(ctx context.Context, db eventstore.DBTX, id int64) error {
+	tag, err := db.Exec(ctx, `UPDATE `+s.dead+` SET retry_requested = true WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("request retry of dead letter %d: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("request retry of dead letter %d: %w", id, ErrNotFound)
+	}
+	return nil
 }
 
 // DeleteDeadLetter removes a parked event (after a successful retry, or to discard it).
@@ -268,6 +430,57 @@ func (s *Store) DeleteDeadLetter(ctx context.Context, db eventstore.DBTX, id int
 	}
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("delete dead letter %d: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// Node is a live runner process.
+type Node struct {
+	ID          string
+	Hostname    string
+	PID         int
+	Projections []string // name@version of what it has registered
+	StartedAt   time.Time
+	HeartbeatAt time.Time
+}
+
+// Heartbeat records that node is alive (and what it runs).
+func (s *Store) Heartbeat(ctx context.Context, db eventstore.DBTX, n Node) error {
+	if _, err := db.Exec(ctx, `INSERT INTO `+s.nodes+` (node_id, hostname, pid, projections) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), projections = EXCLUDED.projections`,
+		n.ID, n.Hostname, n.PID, n.Projections); err != nil {
+		return fmt.Errorf("heartbeat of %s: %w", n.ID, err)
+	}
+	return nil
+}
+
+// Nodes lists the nodes that sent a heartbeat within alive, ordered by ID. Older ones are deleted.
+func (s *Store) Nodes(ctx context.Context, db eventstore.DBTX, alive time.Duration) ([]Node, error) {
+	if _, err := db.Exec(ctx, `DELETE FROM `+s.nodes+` WHERE heartbeat_at < now() - $1 * interval '1 millisecond'`,
+		alive.Milliseconds()); err != nil {
+		return nil, fmt.Errorf("forget dead nodes: %w", err)
+	}
+	rows, err := db.Query(ctx, `SELECT node_id, hostname, pid, projections, started_at, heartbeat_at FROM `+s.nodes+` ORDER BY node_id`)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Node, error) {
+		var n Node
+		var pid int32
+		err := r.Scan(&n.ID, &n.Hostname, &pid, &n.Projections, &n.StartedAt, &n.HeartbeatAt)
+		n.PID = int(pid)
+		return n, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	return out, nil
+}
+
+// RemoveNode deletes node's row (on graceful shutdown).
+func (s *Store) RemoveNode(ctx context.Context, db eventstore.DBTX, id string) error {
+	if _, err := db.Exec(ctx, `DELETE FROM `+s.nodes+` WHERE node_id = $1`, id); err != nil {
+		return fmt.Errorf("remove node %s: %w", id, err)
 	}
 	return nil
 }

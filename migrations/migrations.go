@@ -33,6 +33,7 @@ const (
 	AggregateHeadsTableDefault = "aggregate_heads"
 	CheckpointsTableDefault    = "eventline_checkpoints"
 	DeadLettersTableDefault    = "eventline_dead_letters"
+	NodesTableDefault          = "eventline_nodes"
 	MigrationsTableDefault     = "eventline_migrations"
 )
 
@@ -47,6 +48,8 @@ type Config struct {
 	CheckpointsTable string
 	// DeadLettersTable holds parked events. Defaults to "eventline_dead_letters".
 	DeadLettersTable string
+	// NodesTable lists the live runner processes. Defaults to "eventline_nodes".
+	NodesTable string
 	// MigrationsTable records which migrations ran, per events table.
 	// Defaults to "eventline_migrations".
 	MigrationsTable string
@@ -66,13 +69,14 @@ func (c Config) WithDefaults() Config {
 	def(&c.AggregateHeadsTable, AggregateHeadsTableDefault)
 	def(&c.CheckpointsTable, CheckpointsTableDefault)
 	def(&c.DeadLettersTable, DeadLettersTableDefault)
+	def(&c.NodesTable, NodesTableDefault)
 	def(&c.MigrationsTable, MigrationsTableDefault)
 	return c
 }
 
 // names is c validated.
 type names struct {
-	events, heads, checkpoints, deadLetters, migrations sqlname.Name
+	events, heads, checkpoints, deadLetters, nodes, migrations sqlname.Name
 }
 
 func (c Config) validate() (names, error) {
@@ -88,6 +92,7 @@ func (c Config) validate() (names, error) {
 		{"aggregate heads table", c.AggregateHeadsTable, &n.heads},
 		{"checkpoints table", c.CheckpointsTable, &n.checkpoints},
 		{"dead letters table", c.DeadLettersTable, &n.deadLetters},
+		{"nodes table", c.NodesTable, &n.nodes},
 		{"migrations table", c.MigrationsTable, &n.migrations},
 	} {
 		if *f.dst, err = sqlname.Parse(f.what, f.val); err != nil {
@@ -116,6 +121,7 @@ func Files(cfg Config) ([]Migration, error) {
 		"AggregateHeads": n.heads.Quoted(),
 		"Checkpoints":    n.checkpoints.Quoted(),
 		"DeadLetters":    n.deadLetters.Quoted(),
+		"Nodes":          n.nodes.Quoted(),
 		"AppendLockFunc": n.events.Sibling("eventline_append_lock"),
 		"AppendLockKey":  strconv.FormatInt(sqlname.AppendLockKey(n.events), 10),
 	}

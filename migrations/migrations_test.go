@@ -58,7 +58,7 @@ func readSchema(t *testing.T, db *pgtest.Database) schema {
 
 func checkSchema(t *testing.T, s schema) {
 	t.Helper()
-	require.Equal(t, []string{"aggregate_heads", "eventline_checkpoints", "eventline_dead_letters", "eventline_migrations", "events"}, s.Tables)
+	require.Equal(t, []string{"aggregate_heads", "eventline_checkpoints", "eventline_dead_letters", "eventline_migrations", "eventline_nodes", "events"}, s.Tables)
 	require.Len(t, s.Triggers, 1)
 	require.Contains(t, s.Triggers[0], "eventline_append_lock:CREATE TRIGGER eventline_append_lock BEFORE INSERT ON public.events FOR EACH STATEMENT")
 	require.EqualValues(t, 1, s.SeqCache)
@@ -139,7 +139,7 @@ func TestCustomNamesAndSQL(t *testing.T) {
 	require.Len(t, applied, 2)
 	// A second events table in the same database is migrated independently.
 	applied, err = migrations.Apply(ctx, db.Pool, migrations.Config{EventsTable: "other_events", AggregateHeadsTable: "other_heads",
-		CheckpointsTable: "other_checkpoints", DeadLettersTable: "other_dead_letters"})
+		CheckpointsTable: "other_checkpoints", DeadLettersTable: "other_dead_letters", NodesTable: "other_nodes"})
 	require.NoError(t, err)
 	require.Len(t, applied, 2)
 }
@@ -152,6 +152,7 @@ func TestInvalidNames(t *testing.T) {
 		{CheckpointsTable: `x"y`},
 		{DeadLettersTable: "a.b.c"},
 		{MigrationsTable: "0abc"},
+		{NodesTable: "no-des"},
 	} {
 		_, err := migrations.SQL(bad)
 		require.ErrorIs(t, err, sqlname.ErrInvalidName)

@@ -9,6 +9,7 @@ package projector
 
 import (
 	"context"
+	"hash/fnv"
 
 	"github.com/jackc/pgx/v5"
 
@@ -59,6 +60,24 @@ type Resetter interface {
 type Detached interface {
 	Name() string
 	HandleEvent(ctx context.Context, event eventstore.PersistedEvent) error
+}
+
+// Partitioned is an optional interface of a Projection (or Detached handler): it is split into
+// Partitions() parts, each with its own checkpoint and owner, so that several runner processes
+// share it. An event goes to partition PartitionOf(aggregate ID, n): one aggregate's events stay
+// in one partition, in order. The count must not change while checkpoints exist.
+type Partitioned interface {
+	Partitions() int
+}
+
+// PartitionOf is the partition (0 to n-1) of an aggregate ID: FNV-1a (32 bit) modulo n.
+func PartitionOf(aggregateID string, n int) int {
+	if n <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	h.Write([]byte(aggregateID))
+	return int(h.Sum32() % uint32(n))
 }
 
 // FilterSpec is a ready-made Filter to embed in a projection.

@@ -21,6 +21,10 @@ const (
 	RetryMaxDefault        = 5 * time.Second
 	PageCacheDefault       = 64
 	PersistIdleDefault     = time.Second
+	HeartbeatDefault       = time.Second
+	LeaseDefault           = 5 * time.Second
+	NodeTimeoutDefault     = 5 * time.Second
+	ControlChannelDefault  = "eventline_control"
 )
 
 // Config configures a Runner. The zero value is valid: every field has a default.
@@ -31,6 +35,8 @@ type Config struct {
 	// "eventline_checkpoints" and "eventline_dead_letters".
 	CheckpointsTable string
 	DeadLettersTable string
+	// NodesTable lists live runner processes. Defaults to "eventline_nodes".
+	NodesTable string
 	// NotifyChannel is LISTENed on for wake-ups. Defaults to the store's notify channel; with
 	// none, the runner polls every PollInterval.
 	NotifyChannel string
@@ -60,6 +66,18 @@ type Config struct {
 	// PersistIdle is how long a projection may keep, in memory only, progress over events its
 	// filter skipped before it saves it. Defaults to 1s.
 	PersistIdle time.Duration
+	// HeartbeatInterval is how often this process announces itself, renews its leases and
+	// rebalances work with the other runner processes. Defaults to 1s.
+	HeartbeatInterval time.Duration
+	// Lease is how long a projection stays owned by a process that stopped renewing (crashed,
+	// cut off): its work moves to a live process within about Lease + HeartbeatInterval.
+	// Defaults to 5s.
+	Lease time.Duration
+	// NodeTimeout: a process without a heartbeat for this long gets no new work. Defaults to 5s.
+	NodeTimeout time.Duration
+	// ControlChannel is the LISTEN/NOTIFY channel on which runner processes tell each other to
+	// rebalance now (one joined, one left). Defaults to "eventline_control".
+	ControlChannel string
 	// Hooks observe the runner (metrics, tests). Optional.
 	Hooks Hooks
 }
@@ -80,6 +98,8 @@ type Hooks struct {
 	// Progressed: the projection's position moved to position (after a commit, or over events
 	// its filter skipped or holes that are settled).
 	Progressed func(key checkpoint.Key, position int64)
+	// OwnershipChanged: this process acquired (owned true) or gave up (false) a checkpoint.
+	OwnershipChanged func(key checkpoint.Key, owned bool)
 	// PageRead: a page of events was read from the database (shared pages are read once).
 	PageRead func(from int64, events int)
 }
@@ -89,7 +109,10 @@ type BatchInfo struct {
 	Key      checkpoint.Key
 	Events   int
 	From, To int64
-	Took     time.Duration
+	// Took is how long the batch took, from handing it to the handler to the commit.
+	Took time.Duration
+	// Lag is the age of the batch's last event when the batch committed.
+	Lag time.Duration
 }
 
 func (c Config) withDefaults(storeChannel string) Config {
@@ -119,6 +142,12 @@ func (c Config) withDefaults(storeChannel string) Config {
 	setDur(&c.RetryMin, RetryMinDefault)
 	setDur(&c.RetryMax, RetryMaxDefault)
 	setDur(&c.PersistIdle, PersistIdleDefault)
+	setDur(&c.HeartbeatInterval, HeartbeatDefault)
+	setDur(&c.Lease, LeaseDefault)
+	setDur(&c.NodeTimeout, NodeTimeoutDefault)
+	if c.ControlChannel == "" {
+		c.ControlChannel = ControlChannelDefault
+	}
 	return c
 }
 
@@ -137,6 +166,9 @@ func (c Config) validate() error {
 		{"RetryMin", c.RetryMin < 0},
 		{"RetryMax", c.RetryMax < c.RetryMin},
 		{"PersistIdle", c.PersistIdle < 0},
+		{"HeartbeatInterval", c.HeartbeatInterval <= 0},
+		{"Lease", c.Lease < 2*c.HeartbeatInterval},
+		{"NodeTimeout", c.NodeTimeout <= c.HeartbeatInterval},
 	} {
 		if f.bad {
 			return fmt.Errorf("runner config: invalid %s", f.name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -22,7 +23,12 @@ import (
 	"github.com/eventline/eventline/runner"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	if url := os.Getenv(childEnv); url != "" {
+		os.Exit(childMain(url))
+	}
+	pgtest.Main(m)
+}
 
 const waitTimeout = 30 * time.Second
 

@@ -41,6 +41,9 @@ var (
 	ErrDuplicateName = errors.New("runner: duplicate projection name")
 	// ErrUnknownProjection: no projection with that name is registered.
 	ErrUnknownProjection = errors.New("runner: unknown projection")
+	// ErrPartitionsChanged: a projection is registered with another partition count than its
+	// checkpoints were made with.
+	ErrPartitionsChanged = errors.New("runner: partition count changed")
 )
 
 // Runner runs projections. Create it with New, Register projections, then Run.
@@ -53,11 +56,13 @@ type Runner struct {
 
 	mu      sync.Mutex
 	workers []*worker
-	byName  map[string]*worker
+	byName  map[string][]*worker
 	started bool
 	tracker *horizon.Tracker
 	wake    *broadcast
 	pages   *pageReader
+	nodeID  string
+	control chan struct{} // wakes the ownership coordinator
 	headSQL string
 	lagSQL  string
 }
@@ -71,12 +76,15 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if cfg.NotifyChannel != "" {
-		if err := sqlname.Channel(cfg.NotifyChannel); err != nil {
+	for _, ch := range []string{cfg.NotifyChannel, cfg.ControlChannel} {
+		if ch == "" {
+			continue
+		}
+		if err := sqlname.Channel(ch); err != nil {
 			return nil, fmt.Errorf("runner config: %w", err)
 		}
 	}
-	cps, err := checkpoint.New(checkpoint.Config{Table: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable})
+	cps, err := checkpoint.New(checkpoint.Config{Table: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable, NodesTable: cfg.NodesTable})
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
 	}
@@ -89,13 +97,21 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 		cfg:     cfg,
 		log:     cfg.Logger.Named("runner"),
 		cps:     cps,
-		byName:  map[string]*worker{},
+		byName:  map[string][]*worker{},
 		wake:    newBroadcast(),
 		pages:   pages,
+		nodeID:  newNodeID(),
+		control: make(chan struct{}, 1),
 		headSQL: `SELECT coalesce(max(global_position), 0) FROM ` + ev,
 		lagSQL:  `SELECT created_at FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`,
 	}, nil
 }
+
+// owner is this runner's identity in the checkpoints' owner column.
+func (r *Runner) owner() string { return r.nodeID }
+
+// NodeID identifies this runner process among the others ("host/pid/random").
+func (r *Runner) NodeID() string { return r.nodeID }
 
 // Checkpoints returns the checkpoint store the runner uses.
 func (r *Runner) Checkpoints() *checkpoint.Store { return r.cps }
@@ -134,24 +150,34 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 		return fmt.Errorf("register %q: %w", name, ErrDuplicateName)
 	}
 	var f projector.Filter
-	if p != nil {
-		f, _ = p.(projector.Filter)
-	} else {
-		f, _ = d.(projector.Filter)
+	var impl any = p
+	if p == nil {
+		impl = d
 	}
-	w := &worker{
-		r:        r,
-		key:      checkpoint.Key{Projection: name},
-		proj:     p,
-		detached: d,
-		match:    projector.NewMatcher(f),
-		policy:   o.policy,
-		log:      r.log.With(zap.String("projection", name)),
-		state:    checkpoint.Running,
-		reload:   make(chan struct{}, 1),
+	f, _ = impl.(projector.Filter)
+	parts := 1
+	if pp, ok := impl.(projector.Partitioned); ok {
+		parts = pp.Partitions()
+		if parts < 1 || parts > 1024 {
+			return fmt.Errorf("register %q: %d partitions; want 1 to 1024", name, parts)
+		}
 	}
-	r.workers = append(r.workers, w)
-	r.byName[name] = w
+	for part := 0; part < parts; part++ {
+		w := &worker{
+			r:        r,
+			key:      checkpoint.Key{Projection: name, Version: 1, Partition: part},
+			parts:    parts,
+			proj:     p,
+			detached: d,
+			match:    projector.NewMatcher(f),
+			policy:   o.policy,
+			log:      r.log.With(zap.String("projection", name), zap.Int("partition", part)),
+			state:    checkpoint.Running,
+			reload:   make(chan struct{}, 1),
+		}
+		r.workers = append(r.workers, w)
+		r.byName[name] = append(r.byName[name], w)
+	}
 	return nil
 }
 
@@ -210,9 +236,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 		}
 	})
-	if r.cfg.NotifyChannel != "" {
-		g.Go(func() error { return r.listen(gctx) })
-	}
+	g.Go(func() error { return r.listen(gctx) })
 	// Polling: a notification is only a hint, and without a channel the only wake-up.
 	g.Go(func() error {
 		t := time.NewTicker(r.cfg.PollInterval)
@@ -226,12 +250,8 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 		}
 	})
-	for _, w := range workers {
-		g.Go(func() error {
-			w.run(gctx, hardCtx)
-			return nil
-		})
-	}
+	c := &coordinator{r: r, hardCtx: hardCtx, wake: r.control}
+	g.Go(func() error { return c.coordinate(gctx) })
 	err = g.Wait()
 	tracker.Close(context.Background())
 	cancelHard()
@@ -277,11 +297,43 @@ func (r *Runner) listen(ctx context.Context) error {
 		},
 		ReconnectDelay: r.cfg.ReconnectDelay,
 	}
-	l.Handle(r.cfg.NotifyChannel, wakeHandler{r})
+	if r.cfg.NotifyChannel != "" {
+		l.Handle(r.cfg.NotifyChannel, wakeHandler{r})
+	}
+	l.Handle(r.cfg.ControlChannel, controlHandler{r})
 	if err := l.Listen(ctx); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("runner: listen on %q: %w", r.cfg.NotifyChannel, err)
+		return fmt.Errorf("runner: listen: %w", err)
 	}
 	return nil
+}
+
+// controlHandler wakes the coordinator when another process joins or leaves, and after the
+// listener (re)connects.
+type controlHandler struct{ r *Runner }
+
+func (h controlHandler) HandleNotification(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
+	if n.Payload != h.r.nodeID {
+		h.r.wakeCoordinator()
+	}
+	return nil
+}
+
+func (h controlHandler) HandleBacklog(_ context.Context, _ string, conn *pgx.Conn) error {
+	if h.r.cfg.NotifyChannel == "" {
+		if f := h.r.cfg.Hooks.ListenerConnected; f != nil {
+			f(conn.PgConn().PID())
+		}
+		h.r.wake.Signal()
+	}
+	h.r.wakeCoordinator()
+	return nil
+}
+
+func (r *Runner) wakeCoordinator() {
+	select {
+	case r.control <- struct{}{}:
+	default:
+	}
 }
 
 type wakeHandler struct{ r *Runner }
@@ -310,29 +362,38 @@ func (r *Runner) Wake() { r.wake.Signal() }
 // stopped state.
 func (r *Runner) Rebuild(ctx context.Context, name string) error {
 	r.mu.Lock()
-	w, ok := r.byName[name]
+	ws, ok := r.byName[name]
 	r.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("rebuild %q: %w", name, ErrUnknownProjection)
 	}
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		if err := r.cps.Ensure(ctx, tx, w.key); err != nil {
-			return err
+		for _, w := range ws {
+			if err := r.cps.Ensure(ctx, tx, w.key, w.parts, 0, checkpoint.Running); err != nil {
+				return err
+			}
+			if _, err := r.cps.Load(ctx, tx, w.key); err != nil {
+				return err
+			}
 		}
-		if _, err := r.cps.Load(ctx, tx, w.key); err != nil {
-			return err
-		}
-		if rs, ok := w.proj.(projector.Resetter); ok {
+		if rs, ok := ws[0].proj.(projector.Resetter); ok {
 			if err := rs.Reset(ctx, tx); err != nil {
 				return fmt.Errorf("reset read model: %w", err)
 			}
 		}
-		return r.cps.Reset(ctx, tx, w.key, 0)
+		for _, w := range ws {
+			if err := r.cps.Reset(ctx, tx, w.key, 0); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("rebuild %q: %w", name, err)
 	}
-	w.requestReload()
+	for _, w := range ws {
+		w.requestReload()
+	}
 	r.wake.Signal()
 	return nil
 }
@@ -341,15 +402,17 @@ func (r *Runner) Rebuild(ctx context.Context, name string) error {
 // checkpoint (the failing event is retried).
 func (r *Runner) Resume(ctx context.Context, name string) error {
 	r.mu.Lock()
-	w, ok := r.byName[name]
+	ws, ok := r.byName[name]
 	r.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("resume %q: %w", name, ErrUnknownProjection)
 	}
-	if err := r.cps.SetState(ctx, r.pool, w.key, checkpoint.Running); err != nil {
+	if _, err := r.cps.SetState(ctx, r.pool, name, checkpoint.Running); err != nil {
 		return fmt.Errorf("resume %q: %w", name, err)
 	}
-	w.requestReload()
+	for _, w := range ws {
+		w.requestReload()
+	}
 	r.wake.Signal()
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,7 +29,7 @@ type ProjectionStatus struct {
 	FailedPosition int64
 	// EventsPerSecond applied recently by this process.
 	EventsPerSecond float64
-	// Owner is this process ("host/pid").
+	// Owner is the runner process that holds the projection's lease ("host/pid/random"), or "".
 	Owner string
 	// WaitingOn describes the open appender the projection waits for, if it is held at a hole.
 	WaitingOn string
@@ -47,8 +46,6 @@ func (r *Runner) Status(ctx context.Context) ([]ProjectionStatus, error) {
 	if err := r.pool.QueryRow(ctx, r.headSQL).Scan(&head); err != nil {
 		return nil, fmt.Errorf("status: read head: %w", err)
 	}
-	host, _ := os.Hostname()
-	owner := fmt.Sprintf("%s/%d", host, os.Getpid())
 	out := make([]ProjectionStatus, 0, len(workers))
 	for _, w := range workers {
 		cp, err := r.cps.Get(ctx, r.pool, w.key)
@@ -60,9 +57,9 @@ func (r *Runner) Status(ctx context.Context) ([]ProjectionStatus, error) {
 		w.mu.Lock()
 		st := ProjectionStatus{
 			Name: w.key.Projection, Partition: w.key.Partition,
-			Position: max(cp.Position, w.statusPos), Head: head,
+			Position: cp.Position, Head: head,
 			State: cp.State, LastError: cp.LastError, FailedPosition: cp.FailedPosition,
-			EventsPerSecond: w.rate.perSecond(), Owner: owner,
+			EventsPerSecond: w.rate.perSecond(), Owner: cp.Owner,
 		}
 		if st.LastError == "" {
 			st.LastError = w.lastErr

@@ -30,6 +30,7 @@ type worker struct {
 	policy   FailurePolicy
 	log      *zap.Logger
 	reload   chan struct{} // asks the worker to re-read its checkpoint
+	parts    int           // the projection's partition count; key.Partition is this worker's
 
 	// Owned by the worker goroutine.
 	loaded      bool
@@ -38,12 +39,22 @@ type worker struct {
 	lastPersist time.Time
 	loadedAt    time.Time
 
-	mu        sync.Mutex // guards the fields below, read by Status
+	mu        sync.Mutex // guards the fields below, read by Status and the coordinator
+	owned     bool
+	stop      context.CancelFunc // stops the running worker after its batch in flight
+	done      chan struct{}      // closed when it has stopped
 	state     checkpoint.State
 	lastErr   string
 	statusPos int64
-	heldAt    int64 // position the projection waits beyond; 0 when not held
+	ownerSeen string // the owner the checkpoint row named when last read
+	heldAt    int64  // position the projection waits beyond; 0 when not held
 	rate      rateMeter
+}
+
+func (w *worker) running() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stop != nil
 }
 
 func (w *worker) requestReload() {
@@ -56,8 +67,16 @@ func (w *worker) requestReload() {
 // setup creates the checkpoint row and runs the projection's Setup.
 func (w *worker) setup(ctx context.Context) error {
 	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
-		if err := w.r.cps.Ensure(ctx, tx, w.key); err != nil {
+		if err := w.r.cps.Ensure(ctx, tx, w.key, w.parts, 0, checkpoint.Running); err != nil {
 			return err
+		}
+		counts, err := w.r.cps.PartitionCounts(ctx, tx, w.key.Projection, w.key.Version)
+		if err != nil {
+			return err
+		}
+		if len(counts) != 1 || counts[0] != w.parts {
+			return fmt.Errorf("%w: checkpoints exist for %v partitions, this process registers %d; "+
+				"changing the partition count is not supported yet (rebuild under a new name instead)", ErrPartitionsChanged, counts, w.parts)
 		}
 		var s projector.Setup
 		if w.proj != nil {
@@ -136,7 +155,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 		w.persisted, w.pos, w.loaded = cp.Position, cp.Position, true
 		w.lastPersist, w.loadedAt = time.Now(), time.Now()
 		w.mu.Lock()
-		w.state, w.statusPos = cp.State, cp.Position
+		w.state, w.statusPos, w.ownerSeen = cp.State, cp.Position, cp.Owner
 		if cp.State == checkpoint.Running {
 			w.lastErr = ""
 		} else {
@@ -144,7 +163,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 		}
 		w.mu.Unlock()
 	}
-	if w.currentState() != checkpoint.Running {
+	if w.currentState() != checkpoint.Running || w.currentOwner() != w.r.nodeID {
 		return false, false, nil
 	}
 	h := w.r.tracker.Horizon()
@@ -162,8 +181,8 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 		return false, p.held, nil
 	}
 	events := p.events
-	if !w.match.All() {
-		events = filterEvents(events, w.match)
+	if !w.match.All() || w.parts > 1 {
+		events = w.filterEvents(events)
 	}
 	if len(events) == 0 {
 		w.pos = p.safe
@@ -177,14 +196,22 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 	return true, false, nil
 }
 
-func filterEvents(evs []eventstore.PersistedEvent, m projector.Matcher) []eventstore.PersistedEvent {
+// filterEvents keeps the events of this worker's partition that the projection's filter lets
+// through.
+func (w *worker) filterEvents(evs []eventstore.PersistedEvent) []eventstore.PersistedEvent {
 	out := make([]eventstore.PersistedEvent, 0, len(evs))
 	for i := range evs {
-		if m.Match(&evs[i]) {
+		if w.match.Match(&evs[i]) && (w.parts <= 1 || projector.PartitionOf(evs[i].AggregateID, w.parts) == w.key.Partition) {
 			out = append(out, evs[i])
 		}
 	}
 	return out
+}
+
+func (w *worker) currentOwner() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ownerSeen
 }
 
 // apply hands events, all in (pos, to], to the projection and moves the checkpoint to to. A
@@ -284,9 +311,9 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 	if err != nil {
 		return err
 	}
-	if cp.Position != from || cp.State != checkpoint.Running {
-		return fmt.Errorf("checkpoint %s is at %d (%s), batch was read from %d: %w",
-			w.key, cp.Position, cp.State, from, checkpoint.ErrConflict)
+	if cp.Position != from || cp.State != checkpoint.Running || cp.Owner != w.r.nodeID {
+		return fmt.Errorf("checkpoint %s is at %d (%s, owner %q), batch was read from %d: %w",
+			w.key, cp.Position, cp.State, cp.Owner, from, checkpoint.ErrConflict)
 	}
 	if handle != nil {
 		if err := handle(ctx, tx); err != nil {
@@ -297,7 +324,7 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 			return err
 		}
 	}
-	if err := w.r.cps.Save(ctx, tx, w.key, from, to); err != nil {
+	if err := w.r.cps.Save(ctx, tx, w.key, w.r.owner(), from, to); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -310,7 +337,8 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 	w.rate.add(len(events))
 	w.mu.Unlock()
 	if f := w.r.cfg.Hooks.BatchCommitted; f != nil && len(events) > 0 {
-		f(BatchInfo{Key: w.key, Events: len(events), From: from, To: to, Took: time.Since(start)})
+		f(BatchInfo{Key: w.key, Events: len(events), From: from, To: to, Took: time.Since(start),
+			Lag: time.Since(events[len(events)-1].CreatedAt)})
 	}
 	return nil
 }
@@ -350,14 +378,14 @@ func (w *worker) fail(ctx context.Context, ev eventstore.PersistedEvent, to int6
 		if err != nil {
 			return err
 		}
-		if cp.Position != from {
-			return fmt.Errorf("checkpoint %s moved to %d: %w", w.key, cp.Position, checkpoint.ErrConflict)
+		if cp.Position != from || cp.Owner != w.r.nodeID {
+			return fmt.Errorf("checkpoint %s moved to %d (owner %q): %w", w.key, cp.Position, cp.Owner, checkpoint.ErrConflict)
 		}
 		if w.policy == DeadLetter {
 			if err := w.r.cps.Park(ctx, tx, w.key, ev, msg); err != nil {
 				return err
 			}
-			return w.r.cps.Save(ctx, tx, w.key, from, to)
+			return w.r.cps.Save(ctx, tx, w.key, w.r.owner(), from, to)
 		}
 		return w.r.cps.Stop(ctx, tx, w.key, from, ev.GlobalPosition-1, ev.GlobalPosition, msg)
 	})

@@ -1,0 +1,324 @@
+// Package prometheus exports a runner's hooks as Prometheus metrics.
+//
+//	m, err := prometheus.New(prom.DefaultRegisterer) // prom is github.com/prometheus/client_golang/prometheus
+//	if err != nil {
+//		return err
+//	}
+//	r, err := runner.New(pool, store, runner.Config{Hooks: m.Hooks()})
+//	http.Handle("/metrics", m.Handler()) // or promhttp.Handler() for the default registry
+//
+// The metrics, all prefixed with the namespace ("eventline" unless WithNamespace says otherwise),
+// are labelled with projection, version and partition (of checkpoint.Key) unless noted:
+//
+//	eventline_batches_total                counter    batches committed
+//	eventline_events_applied_total         counter    events in those batches
+//	eventline_batch_duration_seconds       histogram  handler to commit, per batch
+//	eventline_lag_seconds                  gauge      age of the last batch's last event when it committed
+//	eventline_position                     gauge      last position reached (committed or skipped to)
+//	eventline_gaps_waited_total            counter    waits at a position not yet settled
+//	eventline_retries_total                counter    transient errors (batch retried)
+//	eventline_handler_failures_total       counter    events failed for good; extra label policy (stop|dead-letter)
+//	eventline_dead_letters_total           counter    events parked by the dead-letter policy
+//	eventline_owned                        gauge      1 while this process owns the checkpoint, else 0
+//	eventline_ownership_changes_total      counter    extra label change (acquired|released)
+//	eventline_listener_connects_total      counter    listener (re)connections; no labels
+//	eventline_pages_read_total             counter    pages of events read; no labels
+//
+// A checkpoint's counters and histogram appear, at zero, the first time any hook reports on it,
+// so that rate() and increase() see the first increment; its gauges appear when first set.
+// Series are never deleted.
+//
+// To run several runners in one process against one registry, give each its own namespace, or
+// wrap the registerer with constant labels: prom.WrapRegistererWith(prom.Labels{"runner": "a"}, reg).
+// To call other hooks besides these, wrap the functions of Hooks in your own.
+package prometheus
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	prom "github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/runner"
+)
+
+// NamespaceDefault is the prefix of every metric name unless WithNamespace sets another.
+const NamespaceDefault = "eventline"
+
+// BucketsDefault returns the default buckets of eventline_batch_duration_seconds: 1ms to 10s.
+func BucketsDefault() []float64 {
+	return []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+}
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	namespace string
+	buckets   []float64
+}
+
+// WithNamespace sets the prefix of every metric name. Defaults to "eventline" (also when empty).
+func WithNamespace(ns string) Option {
+	return func(o *options) { o.namespace = ns }
+}
+
+// WithBuckets sets the upper bounds, in seconds and increasing, of the buckets of
+// eventline_batch_duration_seconds. Defaults to BucketsDefault() (also when empty).
+func WithBuckets(b []float64) Option {
+	return func(o *options) { o.buckets = append([]float64(nil), b...) }
+}
+
+func (o options) withDefaults() options {
+	if o.namespace == "" {
+		o.namespace = NamespaceDefault
+	}
+	if len(o.buckets) == 0 {
+		o.buckets = BucketsDefault()
+	}
+	return o
+}
+
+func (o options) validate() error {
+	for i := 1; i < len(o.buckets); i++ {
+		if !(o.buckets[i] > o.buckets[i-1]) { // also rejects NaN
+			return fmt.Errorf("metrics: invalid buckets: %v is not increasing", o.buckets)
+		}
+	}
+	return nil
+}
+
+// Metrics holds the collectors that Hooks update. It is safe for concurrent use.
+type Metrics struct {
+	reg        prom.Registerer
+	collectors []prom.Collector // as registered, for Handler
+
+	batches, events  *prom.CounterVec
+	duration         *prom.HistogramVec
+	lag, position    *prom.GaugeVec
+	gaps, retries    *prom.CounterVec
+	failures, dead   *prom.CounterVec
+	owned            *prom.GaugeVec
+	ownershipChanges *prom.CounterVec
+	listenerConnects prom.Counter
+	pagesRead        prom.Counter
+	series           sync.Map // checkpoint.Key -> *series
+	handlerOnce      sync.Once
+	handler          http.Handler
+}
+
+// series holds one checkpoint's children of the labelled collectors, so that a hook costs one
+// map lookup.
+type series struct {
+	labels             [3]string // projection, version, partition
+	batches, events    prom.Counter
+	duration           prom.Observer
+	lag, position      lazyGauge
+	gaps, retries      prom.Counter
+	dead               prom.Counter
+	owned              lazyGauge
+	acquired, released prom.Counter
+}
+
+// New creates the collectors and registers them with reg (prom.DefaultRegisterer when nil). It
+// fails, naming the collector, if one cannot be registered, for instance because New already
+// registered it with reg; then it unregisters those it had registered.
+func New(reg prom.Registerer, opts ...Option) (*Metrics, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	o = o.withDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if reg == nil {
+		reg = prom.DefaultRegisterer
+	}
+	ns := o.namespace
+	key := []string{"projection", "version", "partition"}
+	counter := func(name, help string, extra ...string) *prom.CounterVec {
+		return prom.NewCounterVec(prom.CounterOpts{Namespace: ns, Name: name, Help: help}, append(key[:3:3], extra...))
+	}
+	gauge := func(name, help string) *prom.GaugeVec {
+		return prom.NewGaugeVec(prom.GaugeOpts{Namespace: ns, Name: name, Help: help}, key)
+	}
+	m := &Metrics{
+		reg:              reg,
+		batches:          counter("batches_total", "Batches of events applied and committed."),
+		events:           counter("events_applied_total", "Events applied in committed batches."),
+		duration:         prom.NewHistogramVec(prom.HistogramOpts{Namespace: ns, Name: "batch_duration_seconds", Help: "Time from handing a batch to the handler to its commit.", Buckets: o.buckets}, key),
+		lag:              gauge("lag_seconds", "Age of the last committed batch's last event when the batch committed."),
+		position:         gauge("position", "Last global position the projection reached."),
+		gaps:             counter("gaps_waited_total", "Times the projection waited at a position not yet settled."),
+		retries:          counter("retries_total", "Transient errors after which a batch was retried."),
+		failures:         counter("handler_failures_total", "Events the handler failed on for good, by failure policy applied.", "policy"),
+		dead:             counter("dead_letters_total", "Events parked in the dead-letter table."),
+		owned:            gauge("owned", "1 while this process owns the checkpoint, else 0."),
+		ownershipChanges: counter("ownership_changes_total", "Times this process acquired or released the checkpoint.", "change"),
+		listenerConnects: prom.NewCounter(prom.CounterOpts{Namespace: ns, Name: "listener_connects_total", Help: "Times the listener connected or reconnected."}),
+		pagesRead:        prom.NewCounter(prom.CounterOpts{Namespace: ns, Name: "pages_read_total", Help: "Pages of events read from the database."}),
+	}
+	for _, c := range []struct {
+		name string
+		c    prom.Collector
+	}{
+		{"batches_total", m.batches},
+		{"events_applied_total", m.events},
+		{"batch_duration_seconds", m.duration},
+		{"lag_seconds", m.lag},
+		{"position", m.position},
+		{"gaps_waited_total", m.gaps},
+		{"retries_total", m.retries},
+		{"handler_failures_total", m.failures},
+		{"dead_letters_total", m.dead},
+		{"owned", m.owned},
+		{"ownership_changes_total", m.ownershipChanges},
+		{"listener_connects_total", m.listenerConnects},
+		{"pages_read_total", m.pagesRead},
+	} {
+		if err := reg.Register(c.c); err != nil {
+			for _, done := range m.collectors {
+				reg.Unregister(done)
+			}
+			return nil, fmt.Errorf("metrics: register %s: %w", prom.BuildFQName(ns, "", c.name), err)
+		}
+		m.collectors = append(m.collectors, c.c)
+	}
+	return m, nil
+}
+
+// Hooks returns hooks that update the metrics; set them as runner.Config.Hooks. Every function
+// is set, cheap (after a checkpoint's first report, a map lookup and atomic updates) and safe
+// for concurrent use.
+func (m *Metrics) Hooks() runner.Hooks {
+	return runner.Hooks{
+		BatchCommitted:    m.batchCommitted,
+		HandlerFailed:     m.handlerFailed,
+		Retrying:          m.retrying,
+		HeldAtGap:         m.heldAtGap,
+		ListenerConnected: m.listenerConnected,
+		Progressed:        m.progressed,
+		OwnershipChanged:  m.ownershipChanged,
+		PageRead:          m.pageRead,
+	}
+}
+
+// Handler serves the metrics in the Prometheus exposition format. When the Registerer given to
+// New is also a prom.Gatherer (a *prom.Registry, as prom.DefaultRegisterer and prom.NewRegistry()
+// are), it serves everything registered there, not just these metrics. Otherwise (a wrapping
+// Registerer, say) it serves these metrics alone, without what the wrapper adds; serve the
+// registry behind the wrapper with promhttp.HandlerFor instead.
+func (m *Metrics) Handler() http.Handler {
+	m.handlerOnce.Do(func() {
+		g, ok := m.reg.(prom.Gatherer)
+		if !ok {
+			own := prom.NewRegistry()
+			for _, c := range m.collectors {
+				own.MustRegister(c) // cannot fail: they registered once with the same descriptors
+			}
+			g = own
+		}
+		m.handler = promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+	})
+	return m.handler
+}
+
+// seriesOf returns key's children, creating them on the first report on key.
+func (m *Metrics) seriesOf(key checkpoint.Key) *series {
+	if s, ok := m.series.Load(key); ok {
+		return s.(*series)
+	}
+	version := key.Version
+	if version == 0 {
+		version = 1
+	}
+	l := [3]string{key.Projection, strconv.Itoa(version), strconv.Itoa(key.Partition)}
+	p, v, n := l[0], l[1], l[2]
+	s := &series{
+		labels:   l,
+		lag:      lazyGauge{vec: m.lag},
+		position: lazyGauge{vec: m.position},
+		owned:    lazyGauge{vec: m.owned},
+		batches:  m.batches.WithLabelValues(p, v, n),
+		events:   m.events.WithLabelValues(p, v, n),
+		duration: m.duration.WithLabelValues(p, v, n),
+		gaps:     m.gaps.WithLabelValues(p, v, n),
+		retries:  m.retries.WithLabelValues(p, v, n),
+		dead:     m.dead.WithLabelValues(p, v, n),
+		acquired: m.ownershipChanges.WithLabelValues(p, v, n, "acquired"),
+		released: m.ownershipChanges.WithLabelValues(p, v, n, "released"),
+	}
+	// Two goroutines may both get here: WithLabelValues returned both the same children, and
+	// one series is kept.
+	got, _ := m.series.LoadOrStore(key, s)
+	return got.(*series)
+}
+
+func (m *Metrics) batchCommitted(b runner.BatchInfo) {
+	s := m.seriesOf(b.Key)
+	s.batches.Inc()
+	s.events.Add(float64(b.Events))
+	s.duration.Observe(b.Took.Seconds())
+	s.lag.get(s).Set(b.Lag.Seconds())
+	s.position.get(s).Set(float64(b.To))
+}
+
+func (m *Metrics) handlerFailed(key checkpoint.Key, _ int64, _ error, policy runner.FailurePolicy) {
+	s := m.seriesOf(key)
+	// Failures are rare: the policy's child is looked up each time rather than kept.
+	m.failures.WithLabelValues(s.labels[0], s.labels[1], s.labels[2], policy.String()).Inc()
+	if policy == runner.DeadLetter {
+		s.dead.Inc()
+	}
+}
+
+func (m *Metrics) retrying(key checkpoint.Key, _ error, _ time.Duration) {
+	m.seriesOf(key).retries.Inc()
+}
+
+func (m *Metrics) heldAtGap(key checkpoint.Key, _ int64) {
+	m.seriesOf(key).gaps.Inc()
+}
+
+func (m *Metrics) listenerConnected(uint32) {
+	m.listenerConnects.Inc()
+}
+
+func (m *Metrics) progressed(key checkpoint.Key, position int64) {
+	s := m.seriesOf(key)
+	s.position.get(s).Set(float64(position))
+}
+
+func (m *Metrics) ownershipChanged(key checkpoint.Key, owned bool) {
+	s := m.seriesOf(key)
+	if owned {
+		s.owned.get(s).Set(1)
+		s.acquired.Inc()
+	} else {
+		s.owned.get(s).Set(0)
+		s.released.Inc()
+	}
+}
+
+func (m *Metrics) pageRead(int64, int) {
+	m.pagesRead.Inc()
+}
+
+// lazyGauge is a gauge child created when first set, so that a gauge never reports a value
+// nobody set (a lag of 0 before any batch, say).
+type lazyGauge struct {
+	vec  *prom.GaugeVec
+	once sync.Once
+	g    prom.Gauge
+}
+
+func (l *lazyGauge) get(s *series) prom.Gauge {
+	l.once.Do(func() { l.g = l.vec.WithLabelValues(s.labels[:]...) })
+	return l.g
+}
