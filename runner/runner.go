@@ -44,6 +44,9 @@ var (
 	// ErrPartitionsChanged: a projection is registered with another partition count than its
 	// checkpoints were made with.
 	ErrPartitionsChanged = errors.New("runner: partition count changed")
+	// ErrDetachedRebuild: a detached handler is not rebuilt, since that would repeat its side
+	// effects for the whole history.
+	ErrDetachedRebuild = errors.New("runner: detached handlers are not rebuilt (it would repeat their side effects)")
 )
 
 // Runner runs projections. Create it with New, Register projections, then Run.
@@ -366,6 +369,9 @@ func (r *Runner) Rebuild(ctx context.Context, name string) error {
 	r.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("rebuild %q: %w", name, ErrUnknownProjection)
+	}
+	if ws[0].detached != nil {
+		return fmt.Errorf("rebuild %q: %w", name, ErrDetachedRebuild)
 	}
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		for _, w := range ws {

@@ -162,6 +162,11 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 			w.lastErr = cp.LastError
 		}
 		w.mu.Unlock()
+		if cp.Owner == w.r.nodeID {
+			if err := w.operatorRequests(ctx, cp); err != nil {
+				return false, false, err
+			}
+		}
 	}
 	if w.currentState() != checkpoint.Running || w.currentOwner() != w.r.nodeID {
 		return false, false, nil
@@ -505,4 +510,66 @@ func (m *rateMeter) perSecond() float64 {
 		return 0
 	}
 	return m.last
+}
+
+// operatorRequests carries out what an operator asked for through the CLI: a rebuild (done by the
+// owner of partition 0, for all partitions at once) and retries of dead letters.
+func (w *worker) operatorRequests(ctx context.Context, cp checkpoint.Checkpoint) error {
+	if cp.RebuildRequested && w.key.Partition == 0 {
+		w.log.Info("rebuild requested")
+		if err := w.r.Rebuild(ctx, w.key.Projection); err != nil {
+			return err
+		}
+		w.loaded = false
+		return nil
+	}
+	retries, err := w.r.cps.RetryRequested(ctx, w.r.pool, w.key)
+	if err != nil || len(retries) == 0 {
+		return err
+	}
+	for _, dl := range retries {
+		if err := w.retry(ctx, dl); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// retry runs the handler again on a parked event: on success the dead letter is deleted in the
+// same transaction; on failure it stays parked with one more attempt. The checkpoint does not
+// move (the event is applied out of its original order).
+func (w *worker) retry(ctx context.Context, dl checkpoint.DeadLetter) error {
+	evs, err := w.r.store.ReadEvents(ctx, w.r.pool, dl.GlobalPosition-1, 1)
+	if err != nil {
+		return fmt.Errorf("retry dead letter %d: %w", dl.ID, err)
+	}
+	if len(evs) == 0 || evs[0].GlobalPosition != dl.GlobalPosition {
+		return fmt.Errorf("retry dead letter %d: event at position %d not found", dl.ID, dl.GlobalPosition)
+	}
+	ev := evs[0]
+	var herr error
+	err = pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
+		if w.detached != nil {
+			herr = w.callDetached(ctx, ev)
+		} else {
+			herr = w.callHandler(ctx, tx, evs)
+		}
+		if herr != nil {
+			return herr
+		}
+		return w.r.cps.DeleteDeadLetter(ctx, tx, dl.ID)
+	})
+	if herr == nil && err == nil {
+		w.log.Info("dead letter retried", zap.Int64("position", dl.GlobalPosition))
+		return nil
+	}
+	if herr == nil {
+		return err
+	}
+	msg := fmt.Sprintf("event %d (%s %s/%s): %v", ev.GlobalPosition, ev.EventType, ev.AggregateType, ev.AggregateID, herr)
+	if err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error { return w.r.cps.Park(ctx, tx, w.key, ev, msg) }); err != nil {
+		return err
+	}
+	w.log.Warn("dead letter retry failed", zap.Int64("position", dl.GlobalPosition), zap.Error(herr))
+	return nil
 }
