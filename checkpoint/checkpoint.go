@@ -219,6 +219,33 @@ func (s *Store) PartitionCounts(ctx context.Context, db eventstore.DBTX, project
 	return out, nil
 }
 
+// Projection returns every checkpoint of a projection (all versions and partitions), ordered by
+// version and partition. With lock, the rows are locked until tx ends (db must then be a pgx.Tx).
+func (s *Store) Projection(ctx context.Context, db eventstore.DBTX, projection string, lock bool) ([]Checkpoint, error) {
+	q := `SELECT ` + columns + ` FROM ` + s.table + ` WHERE projection = $1 ORDER BY version, partition`
+	if lock {
+		q += ` FOR UPDATE`
+	}
+	rows, err := db.Query(ctx, q, projection)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoints of %s: %w", projection, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Checkpoint, error) { return scan(r) })
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoints of %s: %w", projection, err)
+	}
+	return out, nil
+}
+
+// SetVersionState sets the state of every partition of one version of a projection.
+func (s *Store) SetVersionState(ctx context.Context, db eventstore.DBTX, projection string, version int, state State) error {
+	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET state = $3, updated_at = now() WHERE projection = $1 AND version = $2`,
+		projection, max(1, version), string(state)); err != nil {
+		return fmt.Errorf("set %s@%d %s: %w", projection, version, state, err)
+	}
+	return nil
+}
+
 // List returns every checkpoint, ordered by projection, version and partition.
 func (s *Store) List(ctx context.Context, db eventstore.DBTX) ([]Checkpoint, error) {
 	rows, err := db.Query(ctx, `SELECT `+columns+` FROM `+s.table+` ORDER BY projection, version, partition`)

@@ -70,6 +70,21 @@ type Partitioned interface {
 	Partitions() int
 }
 
+// Versioned is an optional interface: the projection's version (1 without it). Registering a
+// higher version builds it from position 0 beside the active one, which keeps serving; once it has
+// caught up it takes over in one transaction and the old version is retired. Give each version its
+// own tables, and switch readers over in Activate.
+type Versioned interface {
+	Version() int
+}
+
+// Activator is an optional interface of a versioned projection: Activate runs in the
+// transaction in which this version takes over from the previous one (switch a view, rename
+// tables). The read model is complete at that moment.
+type Activator interface {
+	Activate(ctx context.Context, tx pgx.Tx) error
+}
+
 // PartitionOf is the partition (0 to n-1) of an aggregate ID: FNV-1a (32 bit) modulo n.
 func PartitionOf(aggregateID string, n int) int {
 	if n <= 1 {

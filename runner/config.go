@@ -198,7 +198,15 @@ func (p FailurePolicy) String() string {
 type Option func(*options)
 
 type options struct {
-	policy FailurePolicy
+	policy        FailurePolicy
+	replayHistory bool
+}
+
+// WithReplayHistory makes a new version of a detached handler start from position 0 like a
+// projection, firing its side effects again for the whole history. Without it, a new version of a
+// detached handler starts where the previous version is.
+func WithReplayHistory() Option {
+	return func(o *options) { o.replayHistory = true }
 }
 
 // WithFailurePolicy sets what happens when the projection's handler fails on an event.

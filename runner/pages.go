@@ -33,6 +33,7 @@ type pageReader struct {
 	limit    int
 	max      int
 	readSQL  string
+	rangeSQL string
 	filtered string
 
 	mu       sync.Mutex
@@ -51,10 +52,11 @@ type pageCall struct {
 func newPageReader(pool *pgxpool.Pool, store *postgres.Store, limit, max int) *pageReader {
 	sel := store.SelectEventsSQL()
 	return &pageReader{
-		pool:    pool,
-		limit:   limit,
-		max:     max,
-		readSQL: sel + ` WHERE global_position > $1 ORDER BY global_position LIMIT $2`,
+		pool:     pool,
+		limit:    limit,
+		max:      max,
+		readSQL:  sel + ` WHERE global_position > $1 ORDER BY global_position LIMIT $2`,
+		rangeSQL: sel + ` WHERE global_position > $1 AND global_position <= $2 ORDER BY global_position`,
 		filtered: sel + ` WHERE global_position > $1 AND global_position <= $2
 			AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
 			AND ($4::text[] IS NULL OR event_type = ANY($4))

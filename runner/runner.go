@@ -158,6 +158,13 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 		impl = d
 	}
 	f, _ = impl.(projector.Filter)
+	version := 1
+	if v, ok := impl.(projector.Versioned); ok {
+		version = v.Version()
+		if version < 1 {
+			return fmt.Errorf("register %q: version %d; want 1 or more", name, version)
+		}
+	}
 	parts := 1
 	if pp, ok := impl.(projector.Partitioned); ok {
 		parts = pp.Partitions()
@@ -168,8 +175,9 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 	for part := 0; part < parts; part++ {
 		w := &worker{
 			r:        r,
-			key:      checkpoint.Key{Projection: name, Version: 1, Partition: part},
+			key:      checkpoint.Key{Projection: name, Version: version, Partition: part},
 			parts:    parts,
+			replay:   o.replayHistory,
 			proj:     p,
 			detached: d,
 			match:    projector.NewMatcher(f),

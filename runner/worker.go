@@ -16,21 +16,24 @@ import (
 
 	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/projector"
 )
 
 // worker runs one projection: it owns the projection's in-memory position and is the only
 // goroutine that calls its handler.
 type worker struct {
-	r        *Runner
-	key      checkpoint.Key
-	proj     projector.Projection
-	detached projector.Detached
-	match    projector.Matcher
-	policy   FailurePolicy
-	log      *zap.Logger
-	reload   chan struct{} // asks the worker to re-read its checkpoint
-	parts    int           // the projection's partition count; key.Partition is this worker's
+	r              *Runner
+	key            checkpoint.Key
+	proj           projector.Projection
+	detached       projector.Detached
+	match          projector.Matcher
+	policy         FailurePolicy
+	log            *zap.Logger
+	reload         chan struct{} // asks the worker to re-read its checkpoint
+	parts          int           // the projection's partition count; key.Partition is this worker's
+	replay         bool          // a new version of a detached handler starts from 0
+	lastCutoverTry time.Time
 
 	// Owned by the worker goroutine.
 	loaded      bool
@@ -67,7 +70,26 @@ func (w *worker) requestReload() {
 // setup creates the checkpoint row and runs the projection's Setup.
 func (w *worker) setup(ctx context.Context) error {
 	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
-		if err := w.r.cps.Ensure(ctx, tx, w.key, w.parts, 0, checkpoint.Running); err != nil {
+		// Serialize set-up of one projection across processes.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('eventline/setup/' || $1, 0))`, w.key.Projection); err != nil {
+			return err
+		}
+		rows, err := w.r.cps.Projection(ctx, tx, w.key.Projection, false)
+		if err != nil {
+			return err
+		}
+		// A new version is built beside the active older one; a new version of a detached handler
+		// starts where the older one is, unless asked to replay the history.
+		state, start := checkpoint.Running, int64(0)
+		for _, cp := range rows {
+			if cp.Version < w.key.Version && cp.State != checkpoint.Retired && cp.State != checkpoint.Building {
+				state = checkpoint.Building
+				if w.detached != nil && !w.replay {
+					start = max(start, cp.Position)
+				}
+			}
+		}
+		if err := w.r.cps.Ensure(ctx, tx, w.key, w.parts, start, state); err != nil {
 			return err
 		}
 		counts, err := w.r.cps.PartitionCounts(ctx, tx, w.key.Projection, w.key.Version)
@@ -128,6 +150,10 @@ func (w *worker) run(ctx, hardCtx context.Context) {
 			w.r.tracker.Request()
 		} else {
 			w.persistIdle(hardCtx)
+			if err := w.maybeCutover(hardCtx); err != nil && hardCtx.Err() == nil {
+				w.log.Warn("cut-over failed", zap.Error(err))
+				w.loaded = false
+			}
 		}
 		if time.Since(w.loadedAt) >= w.r.cfg.PollInterval {
 			// Idle: re-read the checkpoint now and then, to notice resets, pauses and resumes
@@ -156,7 +182,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 		w.lastPersist, w.loadedAt = time.Now(), time.Now()
 		w.mu.Lock()
 		w.state, w.statusPos, w.ownerSeen = cp.State, cp.Position, cp.Owner
-		if cp.State == checkpoint.Running {
+		if cp.State.Applies() {
 			w.lastErr = ""
 		} else {
 			w.lastErr = cp.LastError
@@ -168,7 +194,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 			}
 		}
 	}
-	if w.currentState() != checkpoint.Running || w.currentOwner() != w.r.nodeID {
+	if !w.currentState().Applies() || w.currentOwner() != w.r.nodeID {
 		return false, false, nil
 	}
 	h := w.r.tracker.Horizon()
@@ -316,7 +342,7 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 	if err != nil {
 		return err
 	}
-	if cp.Position != from || cp.State != checkpoint.Running || cp.Owner != w.r.nodeID {
+	if cp.Position != from || !cp.State.Applies() || cp.Owner != w.r.nodeID {
 		return fmt.Errorf("checkpoint %s is at %d (%s, owner %q), batch was read from %d: %w",
 			w.key, cp.Position, cp.State, cp.Owner, from, checkpoint.ErrConflict)
 	}
@@ -572,4 +598,103 @@ func (w *worker) retry(ctx context.Context, dl checkpoint.DeadLetter) error {
 	}
 	w.log.Warn("dead letter retry failed", zap.Int64("position", dl.GlobalPosition), zap.Error(herr))
 	return nil
+}
+
+// maybeCutover makes a building version take over from the older ones once it has caught up with
+// them (DESIGN.md section 5, rebuilds and deploys). It runs on partition 0's worker, now and then
+// while idle. In one transaction it locks every checkpoint of the projection, so the old version
+// cannot move; applies the few events the new version may still lack (unpartitioned projections);
+// checks that every partition of the new version is at or past every partition of the old; runs
+// the projection's Activate; and marks the new version running and the old retired.
+func (w *worker) maybeCutover(ctx context.Context) error {
+	if w.key.Partition != 0 || w.currentState() != checkpoint.Building || time.Since(w.lastCutoverTry) < w.r.cfg.PollInterval/4 {
+		return nil
+	}
+	w.lastCutoverTry = time.Now()
+	done := false
+	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
+		rows, err := w.r.cps.Projection(ctx, tx, w.key.Projection, true)
+		if err != nil {
+			return err
+		}
+		minNew, maxOld := int64(-1), int64(0)
+		var mine checkpoint.Checkpoint
+		for _, cp := range rows {
+			switch {
+			case cp.Version == w.key.Version:
+				if cp.State != checkpoint.Building || cp.Owner != w.r.nodeID && w.parts == 1 {
+					return nil // not ours to cut over (any more)
+				}
+				if minNew < 0 || cp.Position < minNew {
+					minNew = cp.Position
+				}
+				if cp.Partition == 0 {
+					mine = cp
+				}
+			case cp.Version < w.key.Version && cp.State != checkpoint.Retired:
+				maxOld = max(maxOld, cp.Position)
+			}
+		}
+		if minNew < maxOld && w.parts == 1 && maxOld-minNew <= int64(w.r.cfg.BatchSize)*4 && w.proj != nil {
+			// Close the small gap inside this transaction: positions <= maxOld are settled, since
+			// the old version's checkpoint got there.
+			evs, err := w.readRange(ctx, tx, minNew, maxOld)
+			if err != nil {
+				return err
+			}
+			if len(evs) > 0 {
+				if err := w.callHandler(ctx, tx, evs); err != nil {
+					return err
+				}
+			}
+			if err := w.r.cps.Save(ctx, tx, mine.Key, w.r.nodeID, minNew, maxOld); err != nil {
+				return err
+			}
+			minNew = maxOld
+		}
+		if minNew < maxOld {
+			return nil // not caught up yet
+		}
+		if a, ok := w.proj.(projector.Activator); ok {
+			if err := a.Activate(ctx, tx); err != nil {
+				return fmt.Errorf("activate: %w", err)
+			}
+		}
+		for _, cp := range rows {
+			if cp.Version < w.key.Version && cp.State != checkpoint.Retired {
+				if err := w.r.cps.SetVersionState(ctx, tx, cp.Projection, cp.Version, checkpoint.Retired); err != nil {
+					return err
+				}
+			}
+		}
+		if err := w.r.cps.SetVersionState(ctx, tx, w.key.Projection, w.key.Version, checkpoint.Running); err != nil {
+			return err
+		}
+		done = true
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if done {
+		w.log.Info("new version took over", zap.Int("version", w.key.Version))
+		w.loaded = false
+		for _, o := range w.r.byName[w.key.Projection] {
+			o.requestReload()
+		}
+	}
+	return nil
+}
+
+// readRange reads the events in (from, to], filtered for this projection, in one transaction.
+func (w *worker) readRange(ctx context.Context, tx pgx.Tx, from, to int64) ([]eventstore.PersistedEvent, error) {
+	rows, err := tx.Query(ctx, w.r.pages.rangeSQL, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("read events (%d, %d]: %w", from, to, err)
+	}
+	evs, err := postgres.ScanEvents(rows, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read events (%d, %d]: %w", from, to, err)
+	}
+	return w.filterEvents(evs), nil
 }
