@@ -213,3 +213,55 @@ func WithReplayHistory() Option {
 func WithFailurePolicy(p FailurePolicy) Option {
 	return func(o *options) { o.policy = p }
 }
+
+// JoinHooks returns Hooks that call each of hs's functions in turn (nil ones are skipped), so that
+// metrics, logging and test hooks can be combined.
+func JoinHooks(hs ...Hooks) Hooks {
+	var out Hooks
+	for _, h := range hs {
+		h := h
+		out.BatchCommitted = join1(out.BatchCommitted, h.BatchCommitted)
+		out.Progressed = join2(out.Progressed, h.Progressed)
+		out.HeldAtGap = join2(out.HeldAtGap, h.HeldAtGap)
+		out.OwnershipChanged = join2(out.OwnershipChanged, h.OwnershipChanged)
+		out.ListenerConnected = join1(out.ListenerConnected, h.ListenerConnected)
+		out.PageRead = join2(out.PageRead, h.PageRead)
+		if a, b := out.Retrying, h.Retrying; b != nil {
+			out.Retrying = func(k checkpoint.Key, err error, d time.Duration) {
+				if a != nil {
+					a(k, err, d)
+				}
+				b(k, err, d)
+			}
+		}
+		if a, b := out.HandlerFailed, h.HandlerFailed; b != nil {
+			out.HandlerFailed = func(k checkpoint.Key, pos int64, err error, p FailurePolicy) {
+				if a != nil {
+					a(k, pos, err, p)
+				}
+				b(k, pos, err, p)
+			}
+		}
+	}
+	return out
+}
+
+func join1[A any](a, b func(A)) func(A) {
+	if a == nil || b == nil {
+		if a == nil {
+			return b
+		}
+		return a
+	}
+	return func(x A) { a(x); b(x) }
+}
+
+func join2[A, B any](a, b func(A, B)) func(A, B) {
+	if a == nil || b == nil {
+		if a == nil {
+			return b
+		}
+		return a
+	}
+	return func(x A, y B) { a(x, y); b(x, y) }
+}

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"io"
+	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,14 +16,41 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
 // The demo runs, stops by itself, and leaves read models that agree with the events: v1 and the
 // v2 rebuilt from zero while writers kept going.
 func TestDemo(t *testing.T) {
 	db := pgtest.NewDatabase(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := demo(ctx, db.URL, options{duration: 3 * time.Second, writers: 3, rate: 300, v2After: time.Second, out: io.Discard})
+	addr := freeAddr(t)
+	scraped := make(chan string, 1)
+	go func() {
+		// Scrape the metrics endpoint while the demo runs.
+		for i := 0; i < 100; i++ {
+			time.Sleep(50 * time.Millisecond) // polling an HTTP server that is starting up
+			resp, err := http.Get("http://" + addr + "/metrics")
+			if err != nil {
+				continue
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(body), "eventline_batches_total") {
+				scraped <- string(body)
+				return
+			}
+		}
+		scraped <- ""
+	}()
+	err := demo(ctx, db.URL, options{duration: 3 * time.Second, writers: 3, rate: 300, v2After: time.Second, metrics: addr, out: io.Discard})
 	require.NoError(t, err)
+	require.Contains(t, <-scraped, `eventline_events_applied_total{partition="0",projection="balances",version="1"}`)
 
 	for projection, table := range map[string]string{"balances": "demo_balances", "balances_v2": "demo_balances_v2"} {
 		var mismatches, accounts int

@@ -3,10 +3,12 @@
 // a progress table refreshes in the terminal. After a while a new version of the balances read
 // model is registered and catches up from position 0 while the writers keep going.
 //
+// The runners' metrics are served for Prometheus at http://127.0.0.1:9464/metrics (-metrics).
+//
 // It uses DATABASE_URL when set, otherwise a throwaway PostgreSQL it starts (and removes) itself.
 // Ctrl-C stops it cleanly.
 //
-//	go run ./examples/demo [-duration 30s] [-writers 4] [-rate 400]
+//	go run ./examples/demo [-duration 30s] [-writers 4] [-rate 400] [-metrics 127.0.0.1:9464]
 package main
 
 import (
@@ -17,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -27,11 +30,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	prom "github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
+	eventlineprom "github.com/eventline/eventline/metrics/prometheus"
 	"github.com/eventline/eventline/migrations"
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
@@ -49,6 +54,7 @@ type options struct {
 	writers  int
 	rate     int
 	v2After  time.Duration
+	metrics  string
 	out      io.Writer
 	redraw   bool
 }
@@ -59,6 +65,7 @@ func run() error {
 	flag.IntVar(&o.writers, "writers", 4, "concurrent writers")
 	flag.IntVar(&o.rate, "rate", 400, "events per second, all writers together")
 	flag.DurationVar(&o.v2After, "v2-after", 8*time.Second, "when to register balances v2")
+	flag.StringVar(&o.metrics, "metrics", "127.0.0.1:9464", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
 	flag.Parse()
 	o.out, o.redraw = os.Stdout, true
 
@@ -108,8 +115,16 @@ func demo(ctx context.Context, url string, o options) error {
 	}
 	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("bank_events")))
 
+	// Metrics: one call gives the runners' hooks; the registry is served over HTTP below.
+	reg := prom.NewRegistry()
+	metrics, err := eventlineprom.New(reg)
+	if err != nil {
+		return err
+	}
+	cfg := runner.Config{Hooks: metrics.Hooks()}
+
 	var notified atomic.Int64
-	r1, err := runner.New(pool, store, runner.Config{})
+	r1, err := runner.New(pool, store, cfg)
 	if err != nil {
 		return err
 	}
@@ -122,7 +137,7 @@ func demo(ctx context.Context, url string, o options) error {
 		return err
 	}
 	// Version 2 of the balances read model, in its own table, is started later on a second runner.
-	r2, err := runner.New(pool, store, runner.Config{})
+	r2, err := runner.New(pool, store, cfg)
 	if err != nil {
 		return err
 	}
@@ -131,6 +146,19 @@ func demo(ctx context.Context, url string, o options) error {
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
+	if o.metrics != "" {
+		srv := &http.Server{Addr: o.metrics, Handler: metrics.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics server: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-ctx.Done()
+			return srv.Shutdown(context.WithoutCancel(ctx))
+		})
+	}
 	g.Go(func() error { return r1.Run(ctx) })
 	var appended atomic.Int64
 	for w := 0; w < o.writers; w++ {
@@ -288,7 +316,11 @@ func progress(ctx context.Context, o options, rs []*runner.Runner, appended, not
 	if o.redraw {
 		b.WriteString("\033[H\033[2J")
 	}
-	fmt.Fprintf(&b, "eventline demo — %d events appended, %d big-deposit notices (Ctrl-C to stop)\n\n", appended, notified)
+	fmt.Fprintf(&b, "eventline demo — %d events appended, %d big-deposit notices (Ctrl-C to stop)\n", appended, notified)
+	if o.metrics != "" {
+		fmt.Fprintf(&b, "metrics: http://%s/metrics\n", o.metrics)
+	}
+	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "projection\tposition\thead\tlag (events)\tlag (s)\tevents/s\tstate\t")
 	for _, r := range rs {

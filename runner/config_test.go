@@ -1,0 +1,47 @@
+package runner
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/eventline/eventline/checkpoint"
+)
+
+func TestJoinHooks(t *testing.T) {
+	var calls []string
+	a := Hooks{BatchCommitted: func(BatchInfo) { calls = append(calls, "a") },
+		Retrying: func(checkpoint.Key, error, time.Duration) { calls = append(calls, "a-retry") }}
+	b := Hooks{BatchCommitted: func(BatchInfo) { calls = append(calls, "b") },
+		HeldAtGap: func(checkpoint.Key, int64) { calls = append(calls, "b-held") }}
+	j := JoinHooks(a, Hooks{}, b)
+	j.BatchCommitted(BatchInfo{})
+	j.Retrying(checkpoint.Key{}, errors.New("x"), 0)
+	j.HeldAtGap(checkpoint.Key{}, 1)
+	require.Equal(t, []string{"a", "b", "a-retry", "b-held"}, calls)
+	require.Nil(t, j.PageRead)
+}
+
+func TestAssignIsEvenAndRespectsWhatNodesHave(t *testing.T) {
+	var specs []string
+	for i := 0; i < 20; i++ {
+		specs = append(specs, unitSpec("p"+string(rune('a'+i)), 1, 1))
+	}
+	nodes := []checkpoint.Node{{ID: "n1", Projections: specs}, {ID: "n2", Projections: specs}, {ID: "n3", Projections: append(specs, unitSpec("only3", 1, 2))}}
+	got := assign(nodes)
+	load := map[string]int{}
+	for k, n := range got {
+		load[n]++
+		if k.Projection == "only3" {
+			require.Equal(t, "n3", n, "assigned only to a process that has it")
+		}
+	}
+	require.Len(t, got, 22)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		require.LessOrEqual(t, load[n], 8)
+		require.GreaterOrEqual(t, load[n], 7)
+	}
+	require.Equal(t, got, assign(nodes), "deterministic")
+}
