@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,12 +21,32 @@ import (
 	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
 )
 
 const childEnv = "EVENTLINE_TEST_CHILD_DATABASE_URL"
 
-const childProjections = 20
+const (
+	childProjections = 20
+	childCounterEnv  = "EVENTLINE_TEST_CHILD_COUNTER"
+	childPartsEnv    = "EVENTLINE_TEST_CHILD_PARTITIONS"
+)
+
+// partitionedCounter counts events per partition, one UPDATE per batch.
+type partitionedCounter struct {
+	name  string
+	parts int
+}
+
+func (c partitionedCounter) Name() string    { return c.name }
+func (c partitionedCounter) Partitions() int { return c.parts }
+func (c partitionedCounter) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.PersistedEvent) error {
+	part := projector.PartitionOf(events[0].AggregateID, c.parts)
+	_, err := tx.Exec(ctx, `INSERT INTO bench_counts (name, n) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET n = bench_counts.n + EXCLUDED.n`, fmt.Sprintf("%s#%d", c.name, part), len(events))
+	return err
+}
 
 // slowRecorder makes batches take a little while, so that a kill lands mid-batch.
 type slowRecorder struct{ *recorder }
@@ -54,16 +75,23 @@ func childMain(url string) int {
 	}
 	defer pool.Close()
 	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("eventline_events")))
-	r, err := runner.New(pool, store, runner.Config{BatchSize: 20})
+	var r *runner.Runner
+	if name := os.Getenv(childCounterEnv); name != "" {
+		// Benchmark mode: one counting projection in n partitions.
+		n, _ := strconv.Atoi(os.Getenv(childPartsEnv))
+		r, err = runner.New(pool, store, runner.Config{BatchSize: 1000})
+		if err == nil {
+			err = r.Register(partitionedCounter{name: name, parts: max(1, n)})
+		}
+	} else {
+		r, err = runner.New(pool, store, runner.Config{BatchSize: 20})
+		for i := 0; err == nil && i < childProjections; i++ {
+			err = r.Register(slowRecorder{&recorder{name: fmt.Sprintf("p%02d", i)}})
+		}
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
-	}
-	for i := 0; i < childProjections; i++ {
-		if err := r.Register(slowRecorder{&recorder{name: fmt.Sprintf("p%02d", i)}}); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
 	}
 	fmt.Println("node", r.NodeID())
 	if err := r.Run(ctx); err != nil {
@@ -78,10 +106,10 @@ type child struct {
 	node string
 }
 
-func startChild(t *testing.T, url string) *child {
+func startChild(t testing.TB, url string, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+url)
+	cmd.Env = append(append(os.Environ(), childEnv+"="+url), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)

@@ -167,12 +167,14 @@ func (c *coordinator) rebalance(ctx context.Context, self checkpoint.Node) error
 		want := assigned[w.key] == r.nodeID
 		if w.running() && (!want || !owned[w.key]) {
 			c.stopWorker(w)
-			if owned[w.key] {
-				if err := r.cps.Release(ctx, r.pool, w.key, r.nodeID); err != nil {
-					return err
-				}
-				r.notifyControl(ctx)
+		}
+		// Release what is owned but assigned elsewhere, also when an earlier release failed:
+		// Renew would otherwise keep extending a lease this process no longer uses.
+		if owned[w.key] && !want {
+			if err := r.cps.Release(ctx, r.pool, w.key, r.nodeID); err != nil {
+				return err
 			}
+			r.notifyControl(ctx)
 		}
 		if !w.running() && want {
 			ok, err := r.cps.Claim(ctx, r.pool, w.key, r.nodeID, r.cfg.Lease)

@@ -8,8 +8,10 @@
 //	r.Register(audit, runner.WithFailurePolicy(runner.DeadLetter))
 //	err = r.Run(ctx)                                   // blocks; returns nil after ctx ends
 //
-// Several runners (in one process or many) may run the same projections: the checkpoint row lock
-// and compare-and-set make sure every batch is applied once.
+// Run the same runner in every process of a service: the processes share the projections (and
+// their partitions) through leases in the checkpoint rows, move the work of a process that dies
+// within about Config.Lease, and hand it over at once on a graceful stop. A process that lost its
+// lease cannot commit, since the checkpoint compare-and-set includes the owner.
 package runner
 
 import (
