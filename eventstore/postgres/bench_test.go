@@ -23,10 +23,10 @@ import (
 // events (into a copy of the events table without eventline's triggers or aggregate heads), in
 // the same run, for 1, 4 and 16 writers, 1 and 10 events per transaction, with and without a
 // notify channel. It prints a table of events/s and the ratio. Run it with -benchtime=1x: each
-// cell is measured for a fixed time (EVENTLINE_BENCH_CELL, default 3s), alternating store and
+// cell is measured for a fixed time in three rounds (EVENTLINE_BENCH_CELL, default 4.5s per side), alternating store and
 // baseline rounds so that machine drift hits both alike.
 func BenchmarkAppend(b *testing.B) {
-	cell := 3 * time.Second
+	cell := 4500 * time.Millisecond
 	if v := os.Getenv("EVENTLINE_BENCH_CELL"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -62,16 +62,17 @@ func BenchmarkAppend(b *testing.B) {
 					store = notifying
 				}
 				var r result
-				for round := 0; round < 2; round++ {
-					s := measure(ctx, b, pool, writers, cell/2, func(ctx context.Context, tx pgx.Tx, w *benchWriter) error {
+				const rounds = 3
+				for round := 0; round < rounds; round++ {
+					s := measure(ctx, b, pool, writers, cell/rounds, func(ctx context.Context, tx pgx.Tx, w *benchWriter) error {
 						_, err := store.Append(ctx, tx, eventstore.Any(), w.events(perTx))
 						return err
 					})
-					base := measure(ctx, b, pool, writers, cell/2, func(ctx context.Context, tx pgx.Tx, w *benchWriter) error {
+					base := measure(ctx, b, pool, writers, cell/rounds, func(ctx context.Context, tx pgx.Tx, w *benchWriter) error {
 						return w.baselineInsert(ctx, tx, perTx, notify)
 					})
-					r.store += s / 2
-					r.baseline += base / 2
+					r.store += s / rounds
+					r.baseline += base / rounds
 				}
 				name := fmt.Sprintf("writers=%d/events=%d/notify=%v", writers, perTx, notify)
 				b.ReportMetric(r.store, name+"/store-ev/s")

@@ -472,3 +472,37 @@ func TestCustomTableNames(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, got, 2)
 }
+
+// Batches up to 32 events go as VALUES rows, larger ones as arrays: both keep version order in
+// position order and round-trip every field.
+func TestLargeAndSmallBatches(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("big")))
+	for _, n := range []int{1, 31, 32, 33, 250} {
+		evs := newEvents("batch", fmt.Sprint(n), n)
+		for i := range evs {
+			evs[i].Metadata = []byte(fmt.Sprintf(`{"i":%d}`, i))
+			evs[i].TraceID = fmt.Sprint("t", i)
+		}
+		res, err := store.Append(ctx, db.Pool, eventstore.NoStream(), evs)
+		require.NoError(t, err)
+		require.Equal(t, int64(n), res.ToVersion())
+		res, err = store.Append(ctx, db.Pool, eventstore.Exact(int64(n)), evs[:1])
+		require.NoError(t, err)
+		require.Equal(t, int64(n+1), res.ToVersion())
+		s, err := store.ReadAggregateStream(ctx, db.Pool, "batch", fmt.Sprint(n), nil, nil)
+		require.NoError(t, err)
+		require.Equal(t, n+1, s.Len())
+		for i, e := range s.Events[:n] {
+			require.Equal(t, int64(i+1), e.AggregateVersion)
+			require.JSONEq(t, fmt.Sprintf(`{"i":%d}`, i), string(e.Metadata))
+			require.Equal(t, fmt.Sprint("t", i), e.TraceID)
+			require.JSONEq(t, fmt.Sprintf(`{"i":%d}`, i), string(e.Payload))
+			if i > 0 {
+				require.Greater(t, e.GlobalPosition, s.Events[i-1].GlobalPosition)
+			}
+		}
+	}
+}
