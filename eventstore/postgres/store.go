@@ -32,7 +32,7 @@ type Store struct {
 	heads  sqlname.Name
 	log    eventstore.Logger
 
-	appendAnySQL, appendNoStreamSQL, appendExactSQL string // templates, see appendSQL
+	appendAnySQL, appendNoStreamSQL, appendExactSQL string   // templates, see appendSQL
 	appendCache                                     sync.Map // appendKey -> string
 	headSQL                                         string
 	readSQL, streamSQL, latestSQL                   string
