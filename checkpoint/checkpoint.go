@@ -35,6 +35,8 @@ const (
 	Paused State = "paused"
 	// Building: a new version catching up beside the active one.
 	Building State = "building"
+	// Waiting: a new set of partitions waiting for the old set to drain to its stop position.
+	Waiting State = "waiting"
 	// Retired: replaced by a newer version; never run again.
 	Retired State = "retired"
 )
@@ -54,8 +56,16 @@ var (
 // Key names a checkpoint.
 type Key struct {
 	Projection string
-	Version    int // 1 unless the projection declares another
-	Partition  int
+	Version    int // 1 unless the projection declares another; 0 means 1
+	Partitions int // how many partitions the projection is split into; 0 means 1
+	Partition  int // 0 to Partitions-1
+}
+
+func (k Key) partitions() int {
+	if k.Partitions < 1 {
+		return 1
+	}
+	return k.Partitions
 }
 
 func (k Key) version() int {
@@ -65,22 +75,34 @@ func (k Key) version() int {
 	return k.Version
 }
 
-// String is "name", "name@2", "name#3" or "name@2#3" (version 1 and partition 0 left out).
+// String is "name", "name@2", "name#3/4" or "name@2#3/4": version 1 and the partition of an
+// unpartitioned projection are left out.
 func (k Key) String() string {
 	s := k.Projection
 	if v := k.version(); v != 1 {
 		s += fmt.Sprintf("@%d", v)
 	}
-	if k.Partition != 0 {
+	if p := k.partitions(); p > 1 {
+		s += fmt.Sprintf("#%d/%d", k.Partition, p)
+	} else if k.Partition != 0 {
 		s += fmt.Sprintf("#%d", k.Partition)
 	}
 	return s
 }
 
+// Normalize fills in the defaults (version 1, one partition).
+func (k Key) Normalize() Key {
+	k.Version, k.Partitions = k.version(), k.partitions()
+	return k
+}
+
+func (k Key) args() []any { return []any{k.Projection, k.version(), k.partitions(), k.Partition} }
+
+func (k Key) argsWith(more ...any) []any { return append(k.args(), more...) }
+
 // Checkpoint is one row.
 type Checkpoint struct {
 	Key
-	Partitions       int
 	Position         int64
 	State            State
 	LastError        string
@@ -88,7 +110,9 @@ type Checkpoint struct {
 	Owner            string
 	LeaseUntil       time.Time
 	RebuildRequested bool
-	UpdatedAt        time.Time
+	// StopAt is where this partition stops while the partition count changes (0: no limit).
+	StopAt    int64
+	UpdatedAt time.Time
 }
 
 // Config names the tables; empty names take the migrations defaults.
@@ -135,26 +159,27 @@ func New(cfg Config) (*Store, error) {
 }
 
 const columns = `projection, version, partition, partitions, position, state, coalesce(last_error, ''),
-	coalesce(failed_position, 0), coalesce(owner, ''), coalesce(lease_until, 'epoch'), rebuild_requested, updated_at`
+	coalesce(failed_position, 0), coalesce(owner, ''), coalesce(lease_until, 'epoch'), rebuild_requested,
+	coalesce(stop_at, 0), updated_at`
 
-const where = ` WHERE projection = $1 AND version = $2 AND partition = $3`
+// where selects one checkpoint by its key: parameters $1 to $4 (Key.args).
+const where = ` WHERE projection = $1 AND version = $2 AND partitions = $3 AND partition = $4`
 
 func scan(row pgx.Row) (Checkpoint, error) {
 	var c Checkpoint
 	var state string
 	var version, part, parts int32
 	err := row.Scan(&c.Projection, &version, &part, &parts, &c.Position, &state, &c.LastError, &c.FailedPosition,
-		&c.Owner, &c.LeaseUntil, &c.RebuildRequested, &c.UpdatedAt)
+		&c.Owner, &c.LeaseUntil, &c.RebuildRequested, &c.StopAt, &c.UpdatedAt)
 	c.Version, c.Partition, c.Partitions = int(version), int(part), int(parts)
 	c.State = State(state)
 	return c, err
 }
 
 // Ensure creates the checkpoint, at position and in state, if it does not exist.
-func (s *Store) Ensure(ctx context.Context, db eventstore.DBTX, key Key, partitions int, position int64, state State) error {
-	if _, err := db.Exec(ctx, `INSERT INTO `+s.table+` (projection, version, partition, partitions, position, state)
-		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
-		key.Projection, key.version(), key.Partition, max(1, partitions), position, string(state)); err != nil {
+func (s *Store) Ensure(ctx context.Context, db eventstore.DBTX, key Key, position int64, state State) error {
+	if _, err := db.Exec(ctx, `INSERT INTO `+s.table+` (projection, version, partitions, partition, position, state)
+		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, key.argsWith(position, string(state))...); err != nil {
 		return fmt.Errorf("create checkpoint %s: %w", key, err)
 	}
 	return nil
@@ -162,8 +187,7 @@ func (s *Store) Ensure(ctx context.Context, db eventstore.DBTX, key Key, partiti
 
 // Load reads the checkpoint and locks its row until tx ends.
 func (s *Store) Load(ctx context.Context, tx pgx.Tx, key Key) (Checkpoint, error) {
-	c, err := scan(tx.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table+where+` FOR UPDATE`,
-		key.Projection, key.version(), key.Partition))
+	c, err := scan(tx.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table+where+` FOR UPDATE`, key.args()...))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{}, fmt.Errorf("load checkpoint %s: %w", key, ErrNotFound)
 	}
@@ -175,7 +199,7 @@ func (s *Store) Load(ctx context.Context, tx pgx.Tx, key Key) (Checkpoint, error
 
 // Get reads the checkpoint without locking it.
 func (s *Store) Get(ctx context.Context, db eventstore.DBTX, key Key) (Checkpoint, error) {
-	c, err := scan(db.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table+where, key.Projection, key.version(), key.Partition))
+	c, err := scan(db.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table+where, key.args()...))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{}, fmt.Errorf("get checkpoint %s: %w", key, ErrNotFound)
 	}
@@ -185,13 +209,13 @@ func (s *Store) Get(ctx context.Context, db eventstore.DBTX, key Key) (Checkpoin
 	return c, nil
 }
 
-// Save moves the checkpoint from from to to, only if it is still at from, takes batches, and (when
-// owner is not empty) is owned by owner; otherwise it returns ErrConflict and the caller must roll
-// back.
+// Save moves the checkpoint from from to to, only if it is still at from, takes batches, is not
+// asked to stop before to, and (when owner is not empty) is owned by owner; otherwise it returns
+// ErrConflict and the caller must roll back.
 func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, owner string, from, to int64) error {
-	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET position = $5, updated_at = now()`+where+`
-		AND position = $4 AND state IN ('running', 'building') AND ($6 = '' OR owner = $6)`,
-		key.Projection, key.version(), key.Partition, from, to, owner)
+	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET position = $6, updated_at = now()`+where+`
+		AND position = $5 AND state IN ('running', 'building') AND ($7 = '' OR owner = $7)
+		AND (stop_at IS NULL OR $6 <= stop_at)`, key.argsWith(from, to, owner)...)
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", key, err)
 	}
@@ -201,28 +225,10 @@ func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, owner string, from
 	return nil
 }
 
-// PartitionCounts returns the distinct partition counts recorded for a projection version.
-func (s *Store) PartitionCounts(ctx context.Context, db eventstore.DBTX, projection string, version int) ([]int, error) {
-	rows, err := db.Query(ctx, `SELECT DISTINCT partitions FROM `+s.table+` WHERE projection = $1 AND version = $2 ORDER BY 1`,
-		projection, max(1, version))
-	if err != nil {
-		return nil, fmt.Errorf("read partitions of %s: %w", projection, err)
-	}
-	counts, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		return nil, fmt.Errorf("read partitions of %s: %w", projection, err)
-	}
-	out := make([]int, len(counts))
-	for i, c := range counts {
-		out[i] = int(c)
-	}
-	return out, nil
-}
-
 // Projection returns every checkpoint of a projection (all versions and partitions), ordered by
 // version and partition. With lock, the rows are locked until tx ends (db must then be a pgx.Tx).
 func (s *Store) Projection(ctx context.Context, db eventstore.DBTX, projection string, lock bool) ([]Checkpoint, error) {
-	q := `SELECT ` + columns + ` FROM ` + s.table + ` WHERE projection = $1 ORDER BY version, partition`
+	q := `SELECT ` + columns + ` FROM ` + s.table + ` WHERE projection = $1 ORDER BY version, partitions, partition`
 	if lock {
 		q += ` FOR UPDATE`
 	}
@@ -237,18 +243,29 @@ func (s *Store) Projection(ctx context.Context, db eventstore.DBTX, projection s
 	return out, nil
 }
 
-// SetVersionState sets the state of every partition of one version of a projection.
-func (s *Store) SetVersionState(ctx context.Context, db eventstore.DBTX, projection string, version int, state State) error {
-	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET state = $3, updated_at = now() WHERE projection = $1 AND version = $2`,
-		projection, max(1, version), string(state)); err != nil {
+// SetVersionState sets the state of every partition of one version of a projection; with
+// partitions > 0, only of that set of partitions. Retired checkpoints are left alone.
+func (s *Store) SetVersionState(ctx context.Context, db eventstore.DBTX, projection string, version, partitions int, state State) error {
+	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET state = $4, updated_at = now()
+		WHERE projection = $1 AND version = $2 AND ($3 = 0 OR partitions = $3) AND state <> 'retired'`,
+		projection, max(1, version), partitions, string(state)); err != nil {
 		return fmt.Errorf("set %s@%d %s: %w", projection, version, state, err)
+	}
+	return nil
+}
+
+// SetStopAt makes one set of partitions of a projection version stop at position (0: no limit).
+func (s *Store) SetStopAt(ctx context.Context, db eventstore.DBTX, projection string, version, partitions int, position int64) error {
+	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET stop_at = NULLIF($4, 0), updated_at = now()
+		WHERE projection = $1 AND version = $2 AND partitions = $3`, projection, max(1, version), partitions, position); err != nil {
+		return fmt.Errorf("set stop position of %s@%d/%d: %w", projection, version, partitions, err)
 	}
 	return nil
 }
 
 // List returns every checkpoint, ordered by projection, version and partition.
 func (s *Store) List(ctx context.Context, db eventstore.DBTX) ([]Checkpoint, error) {
-	rows, err := db.Query(ctx, `SELECT `+columns+` FROM `+s.table+` ORDER BY projection, version, partition`)
+	rows, err := db.Query(ctx, `SELECT `+columns+` FROM `+s.table+` ORDER BY projection, version, partitions, partition`)
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoints: %w", err)
 	}
@@ -263,10 +280,10 @@ func (s *Store) List(ctx context.Context, db eventstore.DBTX) ([]Checkpoint, err
 // version stays building, others become running). Use it in the transaction that empties the
 // read model.
 func (s *Store) Reset(ctx context.Context, db eventstore.DBTX, key Key, position int64) error {
-	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET position = $4,
-		state = CASE WHEN state = 'building' THEN 'building' ELSE 'running' END,
+	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET position = $5,
+		state = CASE WHEN state IN ('building', 'waiting') THEN state ELSE 'running' END,
 		last_error = NULL, failed_position = NULL, rebuild_requested = false, updated_at = now()`+where,
-		key.Projection, key.version(), key.Partition, position)
+		key.argsWith(position)...)
 	if err != nil {
 		return fmt.Errorf("reset checkpoint %s: %w", key, err)
 	}
@@ -280,9 +297,9 @@ func (s *Store) Reset(ctx context.Context, db eventstore.DBTX, key Key, position
 // stopped, because the event at failedPosition failed with errText. Like Save it is a
 // compare-and-set on from.
 func (s *Store) Stop(ctx context.Context, tx pgx.Tx, key Key, from, to, failedPosition int64, errText string) error {
-	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET state = 'stopped', position = $7, last_error = $5,
-		failed_position = $6, updated_at = now()`+where+` AND position = $4`,
-		key.Projection, key.version(), key.Partition, from, errText, failedPosition, to)
+	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET state = 'stopped', position = $8, last_error = $6,
+		failed_position = $7, updated_at = now()`+where+` AND position = $5`,
+		key.argsWith(from, errText, failedPosition, to)...)
 	if err != nil {
 		return fmt.Errorf("stop checkpoint %s: %w", key, err)
 	}
@@ -327,10 +344,10 @@ func (s *Store) RequestRebuild(ctx context.Context, db eventstore.DBTX, projecti
 // reports whether owner now owns it. It never waits: a row locked by a batch in flight (of a
 // process that may be paused) is skipped, and the claim can be tried again later.
 func (s *Store) Claim(ctx context.Context, db eventstore.DBTX, key Key, owner string, lease time.Duration) (bool, error) {
-	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET owner = $4, lease_until = now() + $5 * interval '1 millisecond'
-		WHERE (projection, version, partition) IN (SELECT projection, version, partition FROM `+s.table+where+`
-			AND (owner IS NULL OR owner = $4 OR lease_until < now()) FOR UPDATE SKIP LOCKED)`,
-		key.Projection, key.version(), key.Partition, owner, lease.Milliseconds())
+	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET owner = $5, lease_until = now() + $6 * interval '1 millisecond'
+		WHERE (projection, version, partitions, partition) IN (SELECT projection, version, partitions, partition FROM `+s.table+where+`
+			AND (owner IS NULL OR owner = $5 OR lease_until < now()) FOR UPDATE SKIP LOCKED)`,
+		key.argsWith(owner, lease.Milliseconds())...)
 	if err != nil {
 		return false, fmt.Errorf("claim %s: %w", key, err)
 	}
@@ -343,20 +360,20 @@ func (s *Store) Claim(ctx context.Context, db eventstore.DBTX, key Key, owner st
 func (s *Store) Renew(ctx context.Context, db eventstore.DBTX, owner string, lease time.Duration) ([]Key, error) {
 	rows, err := db.Query(ctx, `WITH renewed AS (
 			UPDATE `+s.table+` SET lease_until = now() + $2 * interval '1 millisecond'
-			WHERE (projection, version, partition) IN (SELECT projection, version, partition FROM `+s.table+`
-				WHERE owner = $1 FOR UPDATE SKIP LOCKED)
-			RETURNING projection, version, partition)
-		SELECT projection, version, partition FROM renewed
+			WHERE (projection, version, partitions, partition) IN (SELECT projection, version, partitions, partition
+				FROM `+s.table+` WHERE owner = $1 FOR UPDATE SKIP LOCKED)
+			RETURNING projection, version, partitions, partition)
+		SELECT projection, version, partitions, partition FROM renewed
 		UNION
-		SELECT projection, version, partition FROM `+s.table+` WHERE owner = $1`, owner, lease.Milliseconds())
+		SELECT projection, version, partitions, partition FROM `+s.table+` WHERE owner = $1`, owner, lease.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("renew leases of %s: %w", owner, err)
 	}
 	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
 		var k Key
-		var v, p int32
-		err := r.Scan(&k.Projection, &v, &p)
-		k.Version, k.Partition = int(v), int(p)
+		var v, ps, p int32
+		err := r.Scan(&k.Projection, &v, &ps, &p)
+		k.Version, k.Partitions, k.Partition = int(v), int(ps), int(p)
 		return k, err
 	})
 	if err != nil {
@@ -367,8 +384,8 @@ func (s *Store) Renew(ctx context.Context, db eventstore.DBTX, owner string, lea
 
 // Release gives up owner's ownership of key (no-op if it does not own it).
 func (s *Store) Release(ctx context.Context, db eventstore.DBTX, key Key, owner string) error {
-	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET owner = NULL, lease_until = NULL`+where+` AND owner = $4`,
-		key.Projection, key.version(), key.Partition, owner); err != nil {
+	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET owner = NULL, lease_until = NULL`+where+` AND owner = $5`,
+		key.argsWith(owner)...); err != nil {
 		return fmt.Errorf("release %s: %w", key, err)
 	}
 	return nil
@@ -388,30 +405,30 @@ type DeadLetter struct {
 
 // Park records that the event ev failed for key with errText (attempts counts repeats).
 func (s *Store) Park(ctx context.Context, tx pgx.Tx, key Key, ev eventstore.PersistedEvent, errText string) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO `+s.dead+` (projection, version, partition, global_position, event_id, error)
-		VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (projection, version, partition, global_position)
+	if _, err := tx.Exec(ctx, `INSERT INTO `+s.dead+` (projection, version, partitions, partition, global_position, event_id, error)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (projection, version, partitions, partition, global_position)
 		DO UPDATE SET error = EXCLUDED.error, attempts = `+s.dead+`.attempts + 1, retry_requested = false`,
-		key.Projection, key.version(), key.Partition, ev.GlobalPosition, ev.EventID, errText); err != nil {
+		key.argsWith(ev.GlobalPosition, ev.EventID, errText)...); err != nil {
 		return fmt.Errorf("park event %d for %s: %w", ev.GlobalPosition, key, err)
 	}
 	return nil
 }
 
-const deadColumns = `id, projection, version, partition, global_position, event_id, error, attempts, retry_requested, created_at`
+const deadColumns = `id, projection, version, partitions, partition, global_position, event_id, error, attempts, retry_requested, created_at`
 
 func scanDead(r pgx.CollectableRow) (DeadLetter, error) {
 	var d DeadLetter
-	var version, part, attempts int32
-	err := r.Scan(&d.ID, &d.Key.Projection, &version, &part, &d.GlobalPosition, &d.EventID, &d.Error, &attempts, &d.RetryRequested, &d.CreatedAt)
-	d.Key.Version, d.Key.Partition, d.Attempts = int(version), int(part), int(attempts)
+	var version, parts, part, attempts int32
+	err := r.Scan(&d.ID, &d.Key.Projection, &version, &parts, &part, &d.GlobalPosition, &d.EventID, &d.Error, &attempts, &d.RetryRequested, &d.CreatedAt)
+	d.Key.Version, d.Key.Partitions, d.Key.Partition, d.Attempts = int(version), int(parts), int(part), int(attempts)
 	return d, err
 }
 
 // DeadLetters lists parked events, of one projection or (with "") of all, in position order.
 func (s *Store) DeadLetters(ctx context.Context, db eventstore.DBTX, projection string) ([]DeadLetter, error) {
 	rows, err := db.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+`
-		WHERE $1 = '' OR projection = $1 ORDER BY projection, version, partition, global_position`, projection)
+		WHERE $1 = '' OR projection = $1 ORDER BY projection, version, partitions, partition, global_position`, projection)
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
@@ -425,8 +442,8 @@ func (s *Store) DeadLetters(ctx context.Context, db eventstore.DBTX, projection 
 // RetryRequested lists the dead letters of key that an operator asked to retry.
 func (s *Store) RetryRequested(ctx context.Context, db eventstore.DBTX, key Key) ([]DeadLetter, error) {
 	rows, err := db.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+`
-		WHERE projection = $1 AND version = $2 AND partition = $3 AND retry_requested ORDER BY global_position`,
-		key.Projection, key.version(), key.Partition)
+		WHERE projection = $1 AND version = $2 AND partitions = $3 AND partition = $4 AND retry_requested
+		ORDER BY global_position`, key.args()...)
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters to retry: %w", err)
 	}

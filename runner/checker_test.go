@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/projector"
@@ -285,4 +286,56 @@ func TestPartitionedProjectionAcrossRunners(t *testing.T) {
 	want := len(committedPositions(t, h.db.Pool, ""))
 	h.waitFor("caught up", func() bool { return len(appliedPositions(t, h.db.Pool, "parts")) >= want })
 	wl.verifyUnordered(t, "parts")
+}
+
+// TestPartitionCountChangedUnderLoad: a projection in 2 partitions is re-registered with 4 while
+// writers append; the old partitions drain to one barrier, the new ones start from it, and every
+// event is applied exactly once, each aggregate in order.
+func TestPartitionCountChangedUnderLoad(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	wl := newWorkload(t, h, 6, 40)
+	mk := func(parts int) projector.Projection { return partitionedRecorder{&recorder{name: "reshard"}, parts} }
+	cfg := h.config()
+	cfg.BatchSize = 7
+	_, stopOld := h.start(cfg, mk(2))
+	done := make(chan error, 1)
+	go func() { done <- wl.run(ctx, false) }()
+	h.waitFor("some progress", func() bool { return wl.commits.Load() > 40 })
+
+	rNew, _ := h.start(cfg, mk(4))
+	h.waitFor("the old partitions to have a barrier", func() bool {
+		sts, err := rNew.Checkpoints().Projection(ctx, h.db.Pool, "reshard", false)
+		require.NoError(t, err)
+		for _, cp := range sts {
+			if cp.Partitions == 2 && cp.StopAt > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	h.waitFor("more progress", func() bool { return wl.commits.Load() > 120 })
+	stopOld() // the new process drains the old partitions by itself
+	require.NoError(t, <-done)
+	h.waitFor("the switch to 4 partitions", func() bool {
+		sts, err := rNew.Checkpoints().Projection(ctx, h.db.Pool, "reshard", false)
+		require.NoError(t, err)
+		running := 0
+		for _, cp := range sts {
+			if cp.Partitions == 4 && cp.State == checkpoint.Running {
+				running++
+			}
+			if cp.Partitions == 2 && cp.State != checkpoint.Retired {
+				return false
+			}
+		}
+		return running == 4
+	})
+	// More events after the switch go to the new partitions.
+	wl.txPerWrite = 10
+	require.NoError(t, wl.run(ctx, false))
+	want := len(committedPositions(t, h.db.Pool, ""))
+	h.waitFor("caught up", func() bool { return len(appliedPositions(t, h.db.Pool, "reshard")) >= want })
+	wl.verifyUnordered(t, "reshard")
 }

@@ -69,7 +69,7 @@ func assign(nodes []checkpoint.Node) map[checkpoint.Key]string {
 				continue
 			}
 			for p := 0; p < parts; p++ {
-				k := checkpoint.Key{Projection: name, Version: version, Partition: p}
+				k := checkpoint.Key{Projection: name, Version: version, Partitions: parts, Partition: p}
 				u := units[k]
 				if u == nil {
 					u = &unit{key: k}
@@ -161,7 +161,7 @@ func (c *coordinator) rebalance(ctx context.Context, self checkpoint.Node) error
 	}
 	owned := map[checkpoint.Key]bool{}
 	for _, k := range kept {
-		owned[normalize(k)] = true
+		owned[k.Normalize()] = true
 	}
 	for _, w := range r.workers {
 		want := assigned[w.key] == r.nodeID
@@ -187,13 +187,6 @@ func (c *coordinator) rebalance(ctx context.Context, self checkpoint.Node) error
 		}
 	}
 	return nil
-}
-
-func normalize(k checkpoint.Key) checkpoint.Key {
-	if k.Version == 0 {
-		k.Version = 1
-	}
-	return k
 }
 
 func (c *coordinator) startWorker(ctx context.Context, w *worker) {

@@ -43,9 +43,6 @@ var (
 	ErrDuplicateName = errors.New("runner: duplicate projection name")
 	// ErrUnknownProjection: no projection with that name is registered.
 	ErrUnknownProjection = errors.New("runner: unknown projection")
-	// ErrPartitionsChanged: a projection is registered with another partition count than its
-	// checkpoints were made with.
-	ErrPartitionsChanged = errors.New("runner: partition count changed")
 	// ErrDetachedRebuild: a detached handler is not rebuilt, since that would repeat its side
 	// effects for the whole history.
 	ErrDetachedRebuild = errors.New("runner: detached handlers are not rebuilt (it would repeat their side effects)")
@@ -177,7 +174,7 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 	for part := 0; part < parts; part++ {
 		w := &worker{
 			r:        r,
-			key:      checkpoint.Key{Projection: name, Version: version, Partition: part},
+			key:      checkpoint.Key{Projection: name, Version: version, Partitions: parts, Partition: part},
 			parts:    parts,
 			replay:   o.replayHistory,
 			proj:     p,
@@ -270,6 +267,40 @@ func (r *Runner) Run(ctx context.Context) error {
 	cancelHard()
 	r.log.Info("runner stopped")
 	return err
+}
+
+// addDrainWorkers adds workers for an old set of partitions of w's projection, so that this
+// process can drain them to their barrier while the partition count changes. Called during start.
+func (r *Runner) addDrainWorkers(w *worker, parts int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.workers {
+		if o.key.Projection == w.key.Projection && o.key.Version == w.key.Version && o.parts == parts {
+			return // added already
+		}
+	}
+	for part := 0; part < parts; part++ {
+		d := &worker{
+			r: r, key: checkpoint.Key{Projection: w.key.Projection, Version: w.key.Version, Partitions: parts, Partition: part},
+			parts: parts, proj: w.proj, detached: w.detached, match: w.match, policy: w.policy, replay: w.replay,
+			log:    r.log.With(zap.String("projection", w.key.Projection), zap.Int("partition", part), zap.Int("partitions", parts)),
+			state:  checkpoint.Running,
+			reload: make(chan struct{}, 1),
+		}
+		r.workers = append(r.workers, d)
+	}
+}
+
+// reloadAll makes every worker of a projection re-read its checkpoint.
+func (r *Runner) reloadAll(projection string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.workers {
+		if w.key.Projection == projection {
+			w.requestReload()
+		}
+	}
+	r.wake.Signal()
 }
 
 // start runs the start-up checks, the first horizon tick and the projections' setup.
@@ -385,7 +416,7 @@ func (r *Runner) Rebuild(ctx context.Context, name string) error {
 	}
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		for _, w := range ws {
-			if err := r.cps.Ensure(ctx, tx, w.key, w.parts, 0, checkpoint.Running); err != nil {
+			if err := r.cps.Ensure(ctx, tx, w.key, 0, checkpoint.Running); err != nil {
 				return err
 			}
 			if _, err := r.cps.Load(ctx, tx, w.key); err != nil {

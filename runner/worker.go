@@ -41,6 +41,7 @@ type worker struct {
 	pos         int64 // >= persisted: events in (persisted, pos] matched nothing
 	lastPersist time.Time
 	loadedAt    time.Time
+	stopAt      int64 // > 0 while draining to a barrier
 
 	mu        sync.Mutex // guards the fields below, read by Status and the coordinator
 	owned     bool
@@ -74,13 +75,14 @@ func (w *worker) setup(ctx context.Context) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('eventline/setup/' || $1, 0))`, w.key.Projection); err != nil {
 			return err
 		}
-		rows, err := w.r.cps.Projection(ctx, tx, w.key.Projection, false)
+		rows, err := w.r.cps.Projection(ctx, tx, w.key.Projection, true)
 		if err != nil {
 			return err
 		}
 		// A new version is built beside the active older one; a new version of a detached handler
 		// starts where the older one is, unless asked to replay the history.
 		state, start := checkpoint.Running, int64(0)
+		mine, oldLayouts := false, map[int]int64{} // partition count -> highest position
 		for _, cp := range rows {
 			if cp.Version < w.key.Version && cp.State != checkpoint.Retired && cp.State != checkpoint.Building {
 				state = checkpoint.Building
@@ -88,17 +90,52 @@ func (w *worker) setup(ctx context.Context) error {
 					start = max(start, cp.Position)
 				}
 			}
+			if cp.Version == w.key.Version && cp.State != checkpoint.Retired {
+				switch {
+				case cp.Partitions == w.parts:
+					mine = true
+				case cp.State == checkpoint.Waiting:
+					// Another change that had not started yet: it never applied anything, so
+					// this one replaces it.
+					if err := w.r.cps.SetVersionState(ctx, tx, w.key.Projection, w.key.Version, cp.Partitions, checkpoint.Retired); err != nil {
+						return err
+					}
+				default:
+					oldLayouts[cp.Partitions] = max(oldLayouts[cp.Partitions], cp.Position)
+				}
+			}
 		}
-		if err := w.r.cps.Ensure(ctx, tx, w.key, w.parts, start, state); err != nil {
-			return err
+		if !mine && len(oldLayouts) > 0 {
+			// The partition count changes (DESIGN.md section 5, scale-out): the old partitions
+			// drain to one barrier, the highest of their positions, and stop there; the new ones
+			// wait at the barrier and start once every old one has reached it.
+			barrier := int64(0)
+			for _, pos := range oldLayouts {
+				barrier = max(barrier, pos)
+			}
+			for parts := range oldLayouts {
+				if err := w.r.cps.SetStopAt(ctx, tx, w.key.Projection, w.key.Version, parts, barrier); err != nil {
+					return err
+				}
+			}
+			state, start = checkpoint.Waiting, barrier
+			w.log.Info("partition count changes: old partitions drain to a barrier", zap.Int64("barrier", barrier),
+				zap.Int("partitions", w.parts))
 		}
-		counts, err := w.r.cps.PartitionCounts(ctx, tx, w.key.Projection, w.key.Version)
-		if err != nil {
-			return err
+		if !mine {
+			for part := 0; part < w.parts; part++ {
+				k := w.key
+				k.Partition = part
+				if err := w.r.cps.Ensure(ctx, tx, k, start, state); err != nil {
+					return err
+				}
+			}
 		}
-		if len(counts) != 1 || counts[0] != w.parts {
-			return fmt.Errorf("%w: checkpoints exist for %v partitions, this process registers %d; "+
-				"changing the partition count is not supported yet (rebuild under a new name instead)", ErrPartitionsChanged, counts, w.parts)
+		// Drain old partitions here too, so that the change completes without old processes.
+		if w.key.Partition == 0 {
+			for parts := range oldLayouts {
+				w.r.addDrainWorkers(w, parts)
+			}
 		}
 		var s projector.Setup
 		if w.proj != nil {
@@ -150,6 +187,10 @@ func (w *worker) run(ctx, hardCtx context.Context) {
 			w.r.tracker.Request()
 		} else {
 			w.persistIdle(hardCtx)
+			if err := w.maybeSwitchPartitions(hardCtx); err != nil && hardCtx.Err() == nil {
+				w.log.Warn("partition switch failed", zap.Error(err))
+				w.loaded = false
+			}
 			if err := w.maybeCutover(hardCtx); err != nil && hardCtx.Err() == nil {
 				w.log.Warn("cut-over failed", zap.Error(err))
 				w.loaded = false
@@ -180,6 +221,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 		}
 		w.persisted, w.pos, w.loaded = cp.Position, cp.Position, true
 		w.lastPersist, w.loadedAt = time.Now(), time.Now()
+		w.stopAt = cp.StopAt
 		w.mu.Lock()
 		w.state, w.statusPos, w.ownerSeen = cp.State, cp.Position, cp.Owner
 		if cp.State.Applies() {
@@ -208,17 +250,26 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 		return false, false, err
 	}
 	w.setHeld(p)
-	if p.safe <= w.pos {
-		return false, p.held, nil
+	safe, events := p.safe, p.events
+	if w.stopAt > 0 && safe > w.stopAt {
+		// Draining to a barrier: nothing beyond it.
+		safe = w.stopAt
+		n := len(events)
+		for n > 0 && events[n-1].GlobalPosition > safe {
+			n--
+		}
+		events = events[:n]
 	}
-	events := p.events
+	if safe <= w.pos {
+		return false, p.held && safe == p.safe, nil
+	}
 	if !w.match.All() || w.parts > 1 {
 		events = w.filterEvents(events)
 	}
 	if len(events) == 0 {
-		w.pos = p.safe
+		w.pos = safe
 		w.setStatusPos(w.pos)
-	} else if err := w.apply(ctx, events, p.safe); err != nil {
+	} else if err := w.apply(ctx, events, safe); err != nil {
 		return false, false, err
 	}
 	if f := w.r.cfg.Hooks.Progressed; f != nil {
@@ -662,12 +713,12 @@ func (w *worker) maybeCutover(ctx context.Context) error {
 		}
 		for _, cp := range rows {
 			if cp.Version < w.key.Version && cp.State != checkpoint.Retired {
-				if err := w.r.cps.SetVersionState(ctx, tx, cp.Projection, cp.Version, checkpoint.Retired); err != nil {
+				if err := w.r.cps.SetVersionState(ctx, tx, cp.Projection, cp.Version, 0, checkpoint.Retired); err != nil {
 					return err
 				}
 			}
 		}
-		if err := w.r.cps.SetVersionState(ctx, tx, w.key.Projection, w.key.Version, checkpoint.Running); err != nil {
+		if err := w.r.cps.SetVersionState(ctx, tx, w.key.Projection, w.key.Version, w.parts, checkpoint.Running); err != nil {
 			return err
 		}
 		done = true
@@ -697,4 +748,59 @@ func (w *worker) readRange(ctx context.Context, tx pgx.Tx, from, to int64) ([]ev
 		return nil, fmt.Errorf("read events (%d, %d]: %w", from, to, err)
 	}
 	return w.filterEvents(evs), nil
+}
+
+// maybeSwitchPartitions starts a new set of partitions once every partition of the old set has
+// drained to its barrier, in one transaction that also retires the old set. It runs on the new
+// set's partition 0, now and then while it waits.
+func (w *worker) maybeSwitchPartitions(ctx context.Context) error {
+	if w.key.Partition != 0 || w.currentState() != checkpoint.Waiting || time.Since(w.lastCutoverTry) < w.r.cfg.PollInterval/4 {
+		return nil
+	}
+	w.lastCutoverTry = time.Now()
+	switched := false
+	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
+		rows, err := w.r.cps.Projection(ctx, tx, w.key.Projection, true)
+		if err != nil {
+			return err
+		}
+		old := map[int]bool{}
+		next := checkpoint.Running
+		for _, cp := range rows {
+			if cp.Version != w.key.Version || cp.State == checkpoint.Retired {
+				continue
+			}
+			if cp.Partitions == w.parts {
+				if cp.State != checkpoint.Waiting {
+					return nil // switched already
+				}
+				continue
+			}
+			if cp.StopAt == 0 || cp.Position < cp.StopAt {
+				return nil // still draining
+			}
+			if cp.State == checkpoint.Building {
+				next = checkpoint.Building
+			}
+			old[cp.Partitions] = true
+		}
+		for parts := range old {
+			if err := w.r.cps.SetVersionState(ctx, tx, w.key.Projection, w.key.Version, parts, checkpoint.Retired); err != nil {
+				return err
+			}
+		}
+		if err := w.r.cps.SetVersionState(ctx, tx, w.key.Projection, w.key.Version, w.parts, next); err != nil {
+			return err
+		}
+		switched = true
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if switched {
+		w.log.Info("partition count changed", zap.Int("partitions", w.parts))
+		w.r.reloadAll(w.key.Projection)
+	}
+	return nil
 }

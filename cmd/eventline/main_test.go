@@ -120,25 +120,25 @@ func newFixture(t *testing.T) *fixture {
 
 	// orders: running with lag, owned by node-a.
 	orders := checkpoint.Key{Projection: "orders"}
-	require.NoError(t, f.cps.Ensure(ctx, db, orders, 1, 4, checkpoint.Running))
+	require.NoError(t, f.cps.Ensure(ctx, db, orders, 4, checkpoint.Running))
 	claim(t, f.cps, db, orders, "node-a")
 	// search v2 in two partitions: one caught up and owned, one whose owner's lease ran out.
-	search0 := checkpoint.Key{Projection: "search", Version: 2, Partition: 0}
-	search1 := checkpoint.Key{Projection: "search", Version: 2, Partition: 1}
-	require.NoError(t, f.cps.Ensure(ctx, db, search0, 2, 10, checkpoint.Running))
-	require.NoError(t, f.cps.Ensure(ctx, db, search1, 2, 8, checkpoint.Running))
+	search0 := checkpoint.Key{Projection: "search", Version: 2, Partitions: 2, Partition: 0}
+	search1 := checkpoint.Key{Projection: "search", Version: 2, Partitions: 2, Partition: 1}
+	require.NoError(t, f.cps.Ensure(ctx, db, search0, 10, checkpoint.Running))
+	require.NoError(t, f.cps.Ensure(ctx, db, search1, 8, checkpoint.Running))
 	claim(t, f.cps, db, search0, "node-b")
 	claim(t, f.cps, db, search1, "node-gone")
 	_, err = db.Exec(ctx, `UPDATE eventline_checkpoints SET lease_until = now() - interval '1 minute' WHERE owner = 'node-gone'`)
 	require.NoError(t, err)
 	// totals: stopped at the event at position 7.
 	totals := checkpoint.Key{Projection: "totals"}
-	require.NoError(t, f.cps.Ensure(ctx, db, totals, 1, 6, checkpoint.Running))
+	require.NoError(t, f.cps.Ensure(ctx, db, totals, 6, checkpoint.Running))
 	require.NoError(t, pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		return f.cps.Stop(ctx, tx, totals, 6, 6, 7, longError)
 	}))
 	// mailer: paused, caught up.
-	require.NoError(t, f.cps.Ensure(ctx, db, checkpoint.Key{Projection: "mailer"}, 1, 10, checkpoint.Paused))
+	require.NoError(t, f.cps.Ensure(ctx, db, checkpoint.Key{Projection: "mailer"}, 10, checkpoint.Paused))
 
 	// Dead letters 1 and 2 for orders (2 parked twice, which uses up ID 3), 4 for search partition 1.
 	require.NoError(t, pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
@@ -351,7 +351,7 @@ func TestPauseResume(t *testing.T) {
 	r := f.cli(t, "pause", "search")
 	requireOK(t, r)
 	golden(t, "pause", r.stdout)
-	require.Equal(t, checkpoint.Paused, state(checkpoint.Key{Projection: "search", Version: 2, Partition: 1}).State)
+	require.Equal(t, checkpoint.Paused, state(checkpoint.Key{Projection: "search", Version: 2, Partitions: 2, Partition: 1}).State)
 
 	r = f.cli(t, "resume", "totals")
 	requireOK(t, r)
@@ -379,7 +379,7 @@ func TestRebuild(t *testing.T) {
 	requireOK(t, r)
 	golden(t, "rebuild", r.stdout)
 	for _, p := range []int{0, 1} {
-		cp, err := f.cps.Get(t.Context(), f.db.Pool, checkpoint.Key{Projection: "search", Version: 2, Partition: p})
+		cp, err := f.cps.Get(t.Context(), f.db.Pool, checkpoint.Key{Projection: "search", Version: 2, Partitions: 2, Partition: p})
 		require.NoError(t, err)
 		require.True(t, cp.RebuildRequested)
 	}
