@@ -110,7 +110,7 @@ type Checkpoint struct {
 	Owner            string
 	LeaseUntil       time.Time
 	RebuildRequested bool
-	// StopAt is where this partition stops while the partition count changes (0: no limit).
+	// StopAt is where this partition stops while the partition count changes (-1: no limit).
 	StopAt    int64
 	UpdatedAt time.Time
 }
@@ -160,7 +160,7 @@ func New(cfg Config) (*Store, error) {
 
 const columns = `projection, version, partition, partitions, position, state, coalesce(last_error, ''),
 	coalesce(failed_position, 0), coalesce(owner, ''), coalesce(lease_until, 'epoch'), rebuild_requested,
-	coalesce(stop_at, 0), updated_at`
+	coalesce(stop_at, -1), updated_at`
 
 // where selects one checkpoint by its key: parameters $1 to $4 (Key.args).
 const where = ` WHERE projection = $1 AND version = $2 AND partitions = $3 AND partition = $4`
@@ -254,9 +254,9 @@ func (s *Store) SetVersionState(ctx context.Context, db eventstore.DBTX, project
 	return nil
 }
 
-// SetStopAt makes one set of partitions of a projection version stop at position (0: no limit).
+// SetStopAt makes one set of partitions of a projection version stop at position.
 func (s *Store) SetStopAt(ctx context.Context, db eventstore.DBTX, projection string, version, partitions int, position int64) error {
-	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET stop_at = NULLIF($4, 0), updated_at = now()
+	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET stop_at = $4, updated_at = now()
 		WHERE projection = $1 AND version = $2 AND partitions = $3`, projection, max(1, version), partitions, position); err != nil {
 		return fmt.Errorf("set stop position of %s@%d/%d: %w", projection, version, partitions, err)
 	}

@@ -65,7 +65,8 @@ type Detached interface {
 // Partitioned is an optional interface of a Projection (or Detached handler): it is split into
 // Partitions() parts, each with its own checkpoint and owner, so that several runner processes
 // share it. An event goes to partition PartitionOf(aggregate ID, n): one aggregate's events stay
-// in one partition, in order. The count must not change while checkpoints exist.
+// in one partition, in order. The count may change: the old partitions then drain to one barrier
+// position and the new ones start from it (see package runner).
 type Partitioned interface {
 	Partitions() int
 }

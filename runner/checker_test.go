@@ -305,11 +305,19 @@ func TestPartitionCountChangedUnderLoad(t *testing.T) {
 	h.waitFor("some progress", func() bool { return wl.commits.Load() > 40 })
 
 	rNew, _ := h.start(cfg, mk(4))
+	t.Cleanup(func() {
+		if t.Failed() {
+			sts, _ := rNew.Checkpoints().Projection(context.Background(), h.db.Pool, "reshard", false)
+			for _, cp := range sts {
+				t.Logf("checkpoint %s: position %d, state %s, stop at %d, owner %s", cp.Key, cp.Position, cp.State, cp.StopAt, cp.Owner)
+			}
+		}
+	})
 	h.waitFor("the old partitions to have a barrier", func() bool {
 		sts, err := rNew.Checkpoints().Projection(ctx, h.db.Pool, "reshard", false)
 		require.NoError(t, err)
 		for _, cp := range sts {
-			if cp.Partitions == 2 && cp.StopAt > 0 {
+			if cp.Partitions == 2 && cp.StopAt >= 0 {
 				return true
 			}
 		}

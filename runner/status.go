@@ -13,8 +13,10 @@ import (
 
 // ProjectionStatus is one projection as Status sees it.
 type ProjectionStatus struct {
-	Name      string
-	Partition int
+	Name    string
+	Version int
+	// Partition of Partitions (0 of 1 when not partitioned).
+	Partition, Partitions int
 	// Position is the projection's checkpoint; Head the highest committed global position.
 	Position, Head int64
 	// LagEvents is Head - Position (positions, so holes count); LagSeconds is the age of the
@@ -56,7 +58,7 @@ func (r *Runner) Status(ctx context.Context) ([]ProjectionStatus, error) {
 		}
 		w.mu.Lock()
 		st := ProjectionStatus{
-			Name: w.key.Projection, Partition: w.key.Partition,
+			Name: w.key.Projection, Version: w.key.Version, Partition: w.key.Partition, Partitions: w.parts,
 			Position: cp.Position, Head: head,
 			State: cp.State, LastError: cp.LastError, FailedPosition: cp.FailedPosition,
 			EventsPerSecond: w.rate.perSecond(), Owner: cp.Owner,

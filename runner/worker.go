@@ -41,7 +41,7 @@ type worker struct {
 	pos         int64 // >= persisted: events in (persisted, pos] matched nothing
 	lastPersist time.Time
 	loadedAt    time.Time
-	stopAt      int64 // > 0 while draining to a barrier
+	stopAt      int64 // >= 0 while draining to a barrier, else -1
 
 	mu        sync.Mutex // guards the fields below, read by Status and the coordinator
 	owned     bool
@@ -220,7 +220,10 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 			return false, false, err
 		}
 		w.persisted, w.pos, w.loaded = cp.Position, cp.Position, true
-		w.lastPersist, w.loadedAt = time.Now(), time.Now()
+		w.loadedAt = time.Now()
+		if w.lastPersist.IsZero() {
+			w.lastPersist = w.loadedAt
+		}
 		w.stopAt = cp.StopAt
 		w.mu.Lock()
 		w.state, w.statusPos, w.ownerSeen = cp.State, cp.Position, cp.Owner
@@ -251,7 +254,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 	}
 	w.setHeld(p)
 	safe, events := p.safe, p.events
-	if w.stopAt > 0 && safe > w.stopAt {
+	if w.stopAt >= 0 && safe > w.stopAt {
 		// Draining to a barrier: nothing beyond it.
 		safe = w.stopAt
 		n := len(events)
@@ -490,9 +493,13 @@ func (w *worker) fail(ctx context.Context, ev eventstore.PersistedEvent, to int6
 	return nil
 }
 
-// persistIdle saves progress over skipped events when it has been kept in memory long enough.
+// persistIdle saves progress over skipped events when it has been kept in memory long enough, or
+// at once when it reaches the barrier it drains to (others wait for that).
 func (w *worker) persistIdle(ctx context.Context) {
-	if !w.loaded || w.pos == w.persisted || time.Since(w.lastPersist) < w.r.cfg.PersistIdle {
+	if !w.loaded || w.pos == w.persisted {
+		return
+	}
+	if time.Since(w.lastPersist) < w.r.cfg.PersistIdle && (w.stopAt < 0 || w.pos < w.stopAt) {
 		return
 	}
 	if err := w.commit(ctx, nil, w.pos, nil, time.Now()); err != nil && ctx.Err() == nil {
@@ -776,7 +783,7 @@ func (w *worker) maybeSwitchPartitions(ctx context.Context) error {
 				}
 				continue
 			}
-			if cp.StopAt == 0 || cp.Position < cp.StopAt {
+			if cp.StopAt < 0 || cp.Position < cp.StopAt {
 				return nil // still draining
 			}
 			if cp.State == checkpoint.Building {

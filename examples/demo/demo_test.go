@@ -48,14 +48,14 @@ func TestDemo(t *testing.T) {
 		}
 		scraped <- ""
 	}()
-	err := demo(ctx, db.URL, options{duration: 3 * time.Second, writers: 3, rate: 300, v2After: time.Second, metrics: addr, out: io.Discard})
+	err := demo(ctx, db.URL, options{duration: 4 * time.Second, writers: 3, rate: 300, v2After: time.Second, metrics: addr, out: io.Discard})
 	require.NoError(t, err)
-	require.Contains(t, <-scraped, `eventline_events_applied_total{partition="0",projection="balances",version="1"}`)
+	require.Contains(t, <-scraped, `eventline_events_applied_total{partition="0",projection="daily_totals",version="1"}`)
 
-	for projection, table := range map[string]string{"balances": "demo_balances", "balances_v2": "demo_balances_v2"} {
+	for version, table := range map[int]string{1: "demo_balances_v1", 2: "demo_balances_v2"} {
 		var mismatches, accounts int
 		require.NoError(t, db.Pool.QueryRow(ctx, `
-		WITH cp AS (SELECT position FROM eventline_checkpoints WHERE projection = $1),
+		WITH cp AS (SELECT position FROM eventline_checkpoints WHERE projection = 'balances' AND version = $1),
 		truth AS (
 			SELECT aggregate_id AS account_id,
 			       sum(CASE event_type WHEN 'Deposited' THEN (convert_from(payload, 'UTF8')::jsonb->>'amount')::bigint
@@ -63,8 +63,21 @@ func TestDemo(t *testing.T) {
 			                           ELSE 0 END) AS balance
 			FROM events, cp WHERE global_position <= cp.position GROUP BY aggregate_id)
 		SELECT count(*) FILTER (WHERE b.balance IS DISTINCT FROM truth.balance), count(*)
-		FROM truth FULL JOIN `+table+` b USING (account_id)`, projection).Scan(&mismatches, &accounts))
-		require.Zero(t, mismatches, "%s: every account matches the events up to its checkpoint", projection)
-		require.Greater(t, accounts, 5, projection)
+		FROM truth FULL JOIN `+table+` b USING (account_id)`, version).Scan(&mismatches, &accounts))
+		require.Zero(t, mismatches, "version %d: every account matches the events up to its checkpoint", version)
+		require.Greater(t, accounts, 5, "version %d", version)
 	}
+	// Version 2 took over: it runs, version 1 is retired, and the view shows version 2.
+	var states []string
+	rows, err := db.Pool.Query(ctx, `SELECT DISTINCT version || ':' || state FROM eventline_checkpoints WHERE projection = 'balances' ORDER BY 1`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var s string
+		require.NoError(t, rows.Scan(&s))
+		states = append(states, s)
+	}
+	require.Equal(t, []string{"1:retired", "2:running"}, states)
+	var def string
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT definition FROM pg_views WHERE viewname = 'demo_account_balances'`).Scan(&def))
+	require.Contains(t, def, "demo_balances_v2")
 }

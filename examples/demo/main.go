@@ -1,7 +1,9 @@
 // Command demo is a small bank kept current by eventline: writers append account events while a
 // runner keeps two read models (balances and daily totals) and a detached notifier up to date;
-// a progress table refreshes in the terminal. After a while a new version of the balances read
-// model is registered and catches up from position 0 while the writers keep going.
+// a progress table refreshes in the terminal. After a while version 2 of the balances read model
+// is registered on a second runner (as a new deploy would), built from position 0 while version 1
+// keeps serving and the writers keep going, and then takes over: the view demo_account_balances
+// switches to it in the same transaction that retires version 1.
 //
 // The runners' metrics are served for Prometheus at http://127.0.0.1:9464/metrics (-metrics).
 //
@@ -128,7 +130,7 @@ func demo(ctx context.Context, url string, o options) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range []projector.Projection{balances("balances", "demo_balances"), dailyTotals()} {
+	for _, p := range []projector.Projection{balances(1), dailyTotals()} {
 		if err := r1.Register(p); err != nil {
 			return err
 		}
@@ -136,12 +138,14 @@ func demo(ctx context.Context, url string, o options) error {
 	if err := r1.RegisterDetached(&bigDepositNotifier{sent: &notified}, runner.WithFailurePolicy(runner.DeadLetter)); err != nil {
 		return err
 	}
-	// Version 2 of the balances read model, in its own table, is started later on a second runner.
+	// Version 2 of the balances read model, in its own table, is started later on a second runner
+	// (as a new deploy would): it is built from position 0 while version 1 keeps serving, then it
+	// takes over and the view demo_account_balances switches to it.
 	r2, err := runner.New(pool, store, cfg)
 	if err != nil {
 		return err
 	}
-	if err := r2.Register(balances("balances_v2", "demo_balances_v2")); err != nil {
+	if err := r2.Register(balances(2)); err != nil {
 		return err
 	}
 
@@ -199,15 +203,39 @@ func demo(ctx context.Context, url string, o options) error {
 	return nil
 }
 
-// balances keeps one row per account. name and table differ per version.
-func balances(name, table string) *projector.Router {
-	t := pgx.Identifier{table}.Sanitize()
-	r := projector.NewRouter(name,
+// balancesVersion is one version of the balances read model, in a table of its own; readers
+// use the view demo_account_balances, which Activate points at the version that takes over.
+type balancesVersion struct {
+	*projector.Router
+	version int
+	table   string
+}
+
+func (b balancesVersion) Version() int { return b.version }
+
+func (b balancesVersion) Activate(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `CREATE OR REPLACE VIEW demo_account_balances AS SELECT * FROM `+b.table)
+	return err
+}
+
+// balances keeps one row per account.
+func balances(version int) balancesVersion {
+	t := pgx.Identifier{fmt.Sprintf("demo_balances_v%d", version)}.Sanitize()
+	r := projector.NewRouter("balances",
 		projector.WithAggregateTypes("account"),
 		projector.WithSetup(func(ctx context.Context, tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+t+` (
 				account_id text PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL DEFAULT 0,
 				transactions int NOT NULL DEFAULT 0)`)
+			if err != nil || version != 1 {
+				return err
+			}
+			// The first version also creates the view readers use.
+			var exists bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_views WHERE viewname = 'demo_account_balances')`).Scan(&exists); err != nil || exists {
+				return err
+			}
+			_, err = tx.Exec(ctx, `CREATE VIEW demo_account_balances AS SELECT * FROM `+t)
 			return err
 		}),
 		projector.WithReset(func(ctx context.Context, tx pgx.Tx) error {
@@ -226,7 +254,7 @@ func balances(name, table string) *projector.Router {
 		_, err := tx.Exec(ctx, `UPDATE `+t+` SET balance = balance - $2, transactions = transactions + 1 WHERE account_id = $1`, ev.AggregateID, p.Amount)
 		return err
 	})
-	return r
+	return balancesVersion{Router: r, version: version, table: t}
 }
 
 // dailyTotals sums money in and out per day.
@@ -322,14 +350,15 @@ func progress(ctx context.Context, o options, rs []*runner.Runner, appended, not
 	}
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "projection\tposition\thead\tlag (events)\tlag (s)\tevents/s\tstate\t")
+	fmt.Fprintln(tw, "projection\tversion\tposition\thead\tlag (events)\tlag (s)\tevents/s\tstate\towner\t")
 	for _, r := range rs {
 		sts, err := r.Status(ctx)
 		if err != nil {
 			return err
 		}
 		for _, st := range sts {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2f\t%.0f\t%s\t\n", st.Name, st.Position, st.Head, st.LagEvents, st.LagSeconds, st.EventsPerSecond, st.State)
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.2f\t%.0f\t%s\t%s\t\n", st.Name, st.Version, st.Position, st.Head,
+				st.LagEvents, st.LagSeconds, st.EventsPerSecond, st.State, st.Owner)
 		}
 	}
 	if err := tw.Flush(); err != nil {
