@@ -16,7 +16,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.uber.org/zap"
 
 	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
@@ -394,11 +393,8 @@ func BenchmarkHoleRelease(b *testing.B) {
 	var spans []span // background appenders: first position, when they ended
 	passed := make(chan int64, 1024)
 	var target atomic.Int64
-	r, err := runner.New(db.Pool, store, runner.Config{Logger: debugLogger(), Hooks: runner.Hooks{
+	r, err := runner.New(db.Pool, store, runner.Config{Hooks: runner.Hooks{
 		Progressed: func(_ checkpoint.Key, pos int64) {
-			if os.Getenv("EVENTLINE_BENCH_DEBUG") != "" {
-				fmt.Printf("%s progressed to %d\n", time.Now().Format("05.000"), pos)
-			}
 			if t := target.Load(); t > 0 && pos >= t && target.CompareAndSwap(t, 0) {
 				passed <- pos
 			}
@@ -461,9 +457,6 @@ func BenchmarkHoleRelease(b *testing.B) {
 		}
 		target.Store(p)
 		rolledBack := time.Now()
-		if os.Getenv("EVENTLINE_BENCH_DEBUG") != "" {
-			fmt.Printf("%s rollback %d\n", time.Now().Format("05.000"), p)
-		}
 		if err := tx.Rollback(ctx); err != nil {
 			b.Fatal(err)
 		}
@@ -483,9 +476,6 @@ func BenchmarkHoleRelease(b *testing.B) {
 		}
 		mu.Unlock()
 		waits = append(waits, at.Sub(settled))
-		if os.Getenv("EVENTLINE_BENCH_DEBUG") != "" {
-			fmt.Printf("hole %d: passed %s after rollback, %s after settled, horizon blocker: %v\n", p, at.Sub(rolledBack), at.Sub(settled), debugBlocker(ctx, db.Pool))
-		}
 	}
 	cancel()
 	wg.Wait()
@@ -494,29 +484,4 @@ func BenchmarkHoleRelease(b *testing.B) {
 	b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
 	fmt.Printf("\nHole release (%d rolled-back positions, 4 appenders holding up to 2 s): wait beyond settlement p50 %s, p99 %s, max %s\n",
 		rounds, p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), waits[len(waits)-1].Round(10*time.Microsecond))
-}
-
-func debugBlocker(ctx context.Context, pool *pgxpool.Pool) string {
-	rows, err := pool.Query(ctx, `SELECT virtualtransaction, objsubid, objid FROM pg_locks WHERE locktype = 'advisory' ORDER BY 1`)
-	if err != nil {
-		return err.Error()
-	}
-	defer rows.Close()
-	out := ""
-	for rows.Next() {
-		var v string
-		var sub int16
-		var obj uint32
-		_ = rows.Scan(&v, &sub, &obj)
-		out += fmt.Sprintf("%s/%d/%d ", v, sub, obj)
-	}
-	return out
-}
-
-func debugLogger() *zap.Logger {
-	if os.Getenv("EVENTLINE_BENCH_DEBUG") == "" {
-		return nil
-	}
-	l, _ := zap.NewDevelopment()
-	return l
 }
