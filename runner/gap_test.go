@@ -116,3 +116,23 @@ func TestUnrelatedLongTransactionDoesNotHoldBack(t *testing.T) {
 	})
 	require.Equal(t, want, appliedPositions(t, h.db.Pool, "rec"))
 }
+
+// An appender in another database of the same cluster (same table name, same lock key) does not
+// hold a projection back: advisory locks are per database.
+func TestAppenderInAnotherDatabaseDoesNotHoldBack(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	other := newHarness(t, false)
+	otherTx, _ := other.openAppend(ctx, "acct", "elsewhere", 1) // holds position 1 over there
+
+	h := newHarness(t, true)
+	_, _ = h.start(h.config(), &recorder{name: "rec"})
+	doomed, _ := h.openAppend(ctx, "acct", "doomed", 1) // position 1 here
+	committed := h.appendOne(ctx, "acct", "ok", 2)
+	require.NoError(t, doomed.Rollback(ctx))
+	h.waitFor("the events after the hole, while the other database's appender is open", func() bool {
+		return len(appliedPositions(t, h.db.Pool, "rec")) == 2
+	})
+	require.Equal(t, committed.GlobalPositions(), appliedPositions(t, h.db.Pool, "rec"))
+	require.NoError(t, otherTx.Rollback(ctx))
+}

@@ -116,8 +116,11 @@ func New(events sqlname.Name, seq string, start int64) *Tracker {
 	k := uint64(sqlname.AppendLockKey(events))
 	return &Tracker{
 		lastValueSQL: `SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM ` + seq,
+		// Advisory locks are per database: appenders to a same-named table in another database
+		// of the cluster are not ours.
 		locksSQL: `SELECT virtualtransaction, coalesce(pid, 0), objsubid, objid FROM pg_locks
 			WHERE locktype = 'advisory' AND granted
+			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 			  AND ((classid = $1 AND objid = $2 AND objsubid = 1) OR (classid = $3 AND objsubid = 2))`,
 		keyHi:    uint32(k >> 32),
 		keyLo:    uint32(k),
