@@ -498,13 +498,10 @@ func (s *Store) Heartbeat(ctx context.Context, db eventstore.DBTX, n Node) error
 	return nil
 }
 
-// Nodes lists the nodes that sent a heartbeat within alive, ordered by ID. Older ones are deleted.
+// Nodes lists the nodes that sent a heartbeat within alive, ordered by ID. It only reads.
 func (s *Store) Nodes(ctx context.Context, db eventstore.DBTX, alive time.Duration) ([]Node, error) {
-	if _, err := db.Exec(ctx, `DELETE FROM `+s.nodes+` WHERE heartbeat_at < now() - $1 * interval '1 millisecond'`,
-		alive.Milliseconds()); err != nil {
-		return nil, fmt.Errorf("forget dead nodes: %w", err)
-	}
-	rows, err := db.Query(ctx, `SELECT node_id, hostname, pid, projections, started_at, heartbeat_at FROM `+s.nodes+` ORDER BY node_id`)
+	rows, err := db.Query(ctx, `SELECT node_id, hostname, pid, projections, started_at, heartbeat_at FROM `+s.nodes+`
+		WHERE heartbeat_at >= now() - $1 * interval '1 millisecond' ORDER BY node_id`, alive.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
@@ -519,6 +516,15 @@ func (s *Store) Nodes(ctx context.Context, db eventstore.DBTX, alive time.Durati
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
 	return out, nil
+}
+
+// ForgetNodes deletes the rows of nodes without a heartbeat for longer than olderThan.
+func (s *Store) ForgetNodes(ctx context.Context, db eventstore.DBTX, olderThan time.Duration) error {
+	if _, err := db.Exec(ctx, `DELETE FROM `+s.nodes+` WHERE heartbeat_at < now() - $1 * interval '1 millisecond'`,
+		olderThan.Milliseconds()); err != nil {
+		return fmt.Errorf("forget dead nodes: %w", err)
+	}
+	return nil
 }
 
 // RemoveNode deletes node's row (on graceful shutdown).

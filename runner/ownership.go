@@ -150,6 +150,9 @@ func (c *coordinator) rebalance(ctx context.Context, self checkpoint.Node) error
 	if err := r.cps.Heartbeat(ctx, r.pool, self); err != nil {
 		return err
 	}
+	if err := r.cps.ForgetNodes(ctx, r.pool, 10*r.cfg.NodeTimeout); err != nil {
+		return err
+	}
 	nodes, err := r.cps.Nodes(ctx, r.pool, r.cfg.NodeTimeout)
 	if err != nil {
 		return err
