@@ -112,7 +112,8 @@ var _ Filter = FilterSpec{}
 
 // Matcher is a compiled Filter; the zero Matcher matches everything.
 type Matcher struct {
-	aggregates, events map[string]struct{}
+	aggregates, events       map[string]struct{}
+	aggregateList, eventList []string // the same, for SQL; nil: all
 }
 
 // NewMatcher compiles f; a nil f matches everything.
@@ -121,18 +122,8 @@ func NewMatcher(f Filter) Matcher {
 	if f == nil {
 		return m
 	}
-	if a := f.AggregateTypes(); len(a) > 0 {
-		m.aggregates = make(map[string]struct{}, len(a))
-		for _, s := range a {
-			m.aggregates[s] = struct{}{}
-		}
-	}
-	if e := f.EventTypes(); len(e) > 0 {
-		m.events = make(map[string]struct{}, len(e))
-		for _, s := range e {
-			m.events[s] = struct{}{}
-		}
-	}
+	m.aggregates, m.aggregateList = set(f.AggregateTypes())
+	m.events, m.eventList = set(f.EventTypes())
 	return m
 }
 
@@ -155,18 +146,23 @@ func (m Matcher) Match(ev *eventstore.PersistedEvent) bool {
 }
 
 // AggregateTypes lists the allowed aggregate types (nil: all).
-func (m Matcher) AggregateTypes() []string { return keys(m.aggregates) }
+func (m Matcher) AggregateTypes() []string { return m.aggregateList }
 
 // EventTypes lists the allowed event types (nil: all).
-func (m Matcher) EventTypes() []string { return keys(m.events) }
+func (m Matcher) EventTypes() []string { return m.eventList }
 
-func keys(m map[string]struct{}) []string {
-	if m == nil {
-		return nil
+// set returns the distinct values of list as a set and a slice; both nil for an empty list.
+func set(list []string) (map[string]struct{}, []string) {
+	if len(list) == 0 {
+		return nil, nil
 	}
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
+	m := make(map[string]struct{}, len(list))
+	out := make([]string, 0, len(list))
+	for _, s := range list {
+		if _, dup := m[s]; !dup {
+			m[s] = struct{}{}
+			out = append(out, s)
+		}
 	}
-	return out
+	return m, out
 }

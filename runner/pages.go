@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"fmt"
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -28,13 +27,11 @@ type page struct {
 // pageReader reads pages once and shares them between projections at the same position
 // (DESIGN.md section 5, reading). It keeps at most max pages.
 type pageReader struct {
-	onRead   func(from int64, events int)
-	pool     *pgxpool.Pool
-	limit    int
-	max      int
-	readSQL  string
-	rangeSQL string
-	filtered string
+	onRead func(from int64, events int)
+	pool   *pgxpool.Pool
+	store  *postgres.Store
+	limit  int
+	max    int
 
 	mu       sync.Mutex
 	inflight map[int64]*pageCall
@@ -50,17 +47,11 @@ type pageCall struct {
 }
 
 func newPageReader(pool *pgxpool.Pool, store *postgres.Store, limit, max int) *pageReader {
-	sel := store.SelectEventsSQL()
 	return &pageReader{
 		pool:     pool,
+		store:    store,
 		limit:    limit,
 		max:      max,
-		readSQL:  sel + ` WHERE global_position > $1 ORDER BY global_position LIMIT $2`,
-		rangeSQL: sel + ` WHERE global_position > $1 AND global_position <= $2 ORDER BY global_position`,
-		filtered: sel + ` WHERE global_position > $1 AND global_position <= $2
-			AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
-			AND ($4::text[] IS NULL OR event_type = ANY($4))
-			ORDER BY global_position LIMIT $5`,
 		inflight: map[int64]*pageCall{},
 		cache:    map[int64]*page{},
 	}
@@ -157,13 +148,9 @@ func (r *pageReader) wait() { r.wg.Wait() }
 // (DESIGN.md section 4, step 3). h must have been obtained before this call: the query's
 // snapshot then sees every committed position <= h.
 func (r *pageReader) read(ctx context.Context, from, h int64, gen uint64) (*page, error) {
-	rows, err := r.pool.Query(ctx, r.readSQL, from, r.limit)
+	evs, err := r.store.ReadEvents(ctx, r.pool, from, r.limit)
 	if err != nil {
-		return nil, fmt.Errorf("read events after %d: %w", from, err)
-	}
-	evs, err := postgres.ScanEvents(rows, r.limit)
-	if err != nil {
-		return nil, fmt.Errorf("read events after %d: %w", from, err)
+		return nil, err
 	}
 	if r.onRead != nil {
 		r.onRead(from, len(evs))
@@ -197,14 +184,9 @@ func cut(evs []eventstore.PersistedEvent, from, h int64, limit int, gen uint64) 
 // through. Everything up to h is settled, so the projection may move to h when the page is not
 // full, even past events the filter skipped.
 func (r *pageReader) readFiltered(ctx context.Context, from, h int64, m projector.Matcher) (*page, error) {
-	aggs, types := m.AggregateTypes(), m.EventTypes()
-	rows, err := r.pool.Query(ctx, r.filtered, from, h, aggs, types, r.limit)
+	evs, err := r.store.ReadEventsBetween(ctx, r.pool, from, h, r.limit, m.AggregateTypes(), m.EventTypes())
 	if err != nil {
-		return nil, fmt.Errorf("read filtered events after %d: %w", from, err)
-	}
-	evs, err := postgres.ScanEvents(rows, 0)
-	if err != nil {
-		return nil, fmt.Errorf("read filtered events after %d: %w", from, err)
+		return nil, err
 	}
 	if r.onRead != nil {
 		r.onRead(from, len(evs))

@@ -65,7 +65,6 @@ type Runner struct {
 	pages   *pageReader
 	nodeID  string
 	control chan struct{} // wakes the ownership coordinator
-	headSQL string
 	lagSQL  string
 }
 
@@ -104,7 +103,6 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 		pages:   pages,
 		nodeID:  newNodeID(),
 		control: make(chan struct{}, 1),
-		headSQL: `SELECT coalesce(max(global_position), 0) FROM ` + ev,
 		lagSQL:  `SELECT created_at FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`,
 	}, nil
 }

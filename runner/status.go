@@ -44,9 +44,9 @@ func (r *Runner) Status(ctx context.Context) ([]ProjectionStatus, error) {
 	tracker := r.tracker
 	r.mu.Unlock()
 
-	var head int64
-	if err := r.pool.QueryRow(ctx, r.headSQL).Scan(&head); err != nil {
-		return nil, fmt.Errorf("status: read head: %w", err)
+	head, err := r.store.GetLatestGlobalPosition(ctx, r.pool)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
 	}
 	out := make([]ProjectionStatus, 0, len(workers))
 	for _, w := range workers {

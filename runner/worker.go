@@ -16,7 +16,6 @@ import (
 
 	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
-	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/projector"
 )
 
@@ -746,13 +745,9 @@ func (w *worker) maybeCutover(ctx context.Context) error {
 
 // readRange reads the events in (from, to], filtered for this projection, in one transaction.
 func (w *worker) readRange(ctx context.Context, tx pgx.Tx, from, to int64) ([]eventstore.PersistedEvent, error) {
-	rows, err := tx.Query(ctx, w.r.pages.rangeSQL, from, to)
+	evs, err := w.r.store.ReadEventsBetween(ctx, tx, from, to, 0, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("read events (%d, %d]: %w", from, to, err)
-	}
-	evs, err := postgres.ScanEvents(rows, 0)
-	if err != nil {
-		return nil, fmt.Errorf("read events (%d, %d]: %w", from, to, err)
+		return nil, err
 	}
 	return w.filterEvents(evs), nil
 }

@@ -35,7 +35,7 @@ type Store struct {
 	appendAnySQL, appendNoStreamSQL, appendExactSQL string   // templates, see appendSQL
 	appendCache                                     sync.Map // appendKey -> string
 	headSQL                                         string
-	readSQL, streamSQL, latestSQL                   string
+	readSQL, rangeSQL, streamSQL, latestSQL         string
 }
 
 var (
@@ -132,6 +132,10 @@ SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_vers
 )`, "{{channel}}")
 	s.headSQL = `SELECT coalesce((SELECT version FROM ` + hd + ` WHERE aggregate_type = $1 AND aggregate_id = $2), 0)`
 	s.readSQL = `SELECT ` + eventColumns + ` FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT $2`
+	s.rangeSQL = `SELECT ` + eventColumns + ` FROM ` + ev + ` WHERE global_position > $1 AND global_position <= $2
+	  AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
+	  AND ($4::text[] IS NULL OR event_type = ANY($4))
+	ORDER BY global_position LIMIT $5`
 	s.streamSQL = `SELECT ` + eventColumns + ` FROM ` + ev + `
 	WHERE aggregate_type = $1 AND aggregate_id = $2
 	  AND ($3::bigint IS NULL OR aggregate_version >= $3)
@@ -311,7 +315,7 @@ func (s *Store) ReadEvents(ctx context.Context, tx eventstore.DBTX, fromPosition
 	if err != nil {
 		return nil, fmt.Errorf("read events after %d: %w", fromPosition, err)
 	}
-	out, err := ScanEvents(rows, limit)
+	out, err := scanEvents(rows, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read events after %d: %w", fromPosition, err)
 	}
@@ -325,7 +329,7 @@ func (s *Store) ReadAggregateStream(ctx context.Context, tx eventstore.DBTX, agg
 	if err != nil {
 		return eventstore.Stream{}, fmt.Errorf("read stream %s %q: %w", aggregateType, aggregateID, err)
 	}
-	events, err := ScanEvents(rows, 0)
+	events, err := scanEvents(rows, 0)
 	if err != nil {
 		return eventstore.Stream{}, fmt.Errorf("read stream %s %q: %w", aggregateType, aggregateID, err)
 	}
@@ -341,15 +345,29 @@ func (s *Store) GetLatestGlobalPosition(ctx context.Context, tx eventstore.DBTX)
 	return pos, nil
 }
 
-// SelectEventsSQL returns "SELECT <event columns> FROM <events table>" for readers that add their
-// own WHERE clause and scan with ScanEvents.
-func (s *Store) SelectEventsSQL() string {
-	return `SELECT ` + eventColumns + ` FROM ` + s.events.Quoted()
+// ReadEventsBetween returns the events with fromPosition < global position <= toPosition, in
+// position order, as tx sees them: at most limit (no limit when limit <= 0), and only those of
+// the given aggregate and event types (nil: any). The filters run in SQL.
+func (s *Store) ReadEventsBetween(ctx context.Context, tx eventstore.DBTX, fromPosition, toPosition int64, limit int,
+	aggregateTypes, eventTypes []string) ([]eventstore.PersistedEvent, error) {
+	var lim any
+	if limit > 0 {
+		lim = limit
+	}
+	rows, err := tx.Query(ctx, s.rangeSQL, fromPosition, toPosition, aggregateTypes, eventTypes, lim)
+	if err != nil {
+		return nil, fmt.Errorf("read events (%d, %d]: %w", fromPosition, toPosition, err)
+	}
+	out, err := scanEvents(rows, max(0, limit))
+	if err != nil {
+		return nil, fmt.Errorf("read events (%d, %d]: %w", fromPosition, toPosition, err)
+	}
+	return out, nil
 }
 
-// ScanEvents reads rows selected with SelectEventsSQL's columns and closes them. sizeHint
-// preallocates the result.
-func ScanEvents(rows pgx.Rows, sizeHint int) ([]eventstore.PersistedEvent, error) {
+// scanEvents reads rows selected with eventColumns and closes them. sizeHint preallocates the
+// result.
+func scanEvents(rows pgx.Rows, sizeHint int) ([]eventstore.PersistedEvent, error) {
 	defer rows.Close()
 	out := make([]eventstore.PersistedEvent, 0, sizeHint)
 	var causation, correlation, trace *string

@@ -506,3 +506,34 @@ func TestLargeAndSmallBatches(t *testing.T) {
 		}
 	}
 }
+
+func TestReadEventsBetween(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	var all []int64
+	for i, typ := range []string{"order", "account", "order", "account"} {
+		evs := newEvents(typ, fmt.Sprint(i), 2)
+		evs[1].EventType = "Other"
+		res, err := store.Append(ctx, db.Pool, eventstore.NoStream(), evs)
+		require.NoError(t, err)
+		all = append(all, res.GlobalPositions()...)
+	}
+	positions := func(evs []eventstore.PersistedEvent) []int64 {
+		var out []int64
+		for _, e := range evs {
+			out = append(out, e.GlobalPosition)
+		}
+		return out
+	}
+	got, err := store.ReadEventsBetween(ctx, db.Pool, all[1], all[5], 0, nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, all[2:6], positions(got), "(from, to], no limit")
+	got, err = store.ReadEventsBetween(ctx, db.Pool, 0, all[7], 3, nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, all[:3], positions(got), "limit")
+	got, err = store.ReadEventsBetween(ctx, db.Pool, 0, all[7], 0, []string{"account"}, []string{"Happened"})
+	require.NoError(t, err)
+	require.Equal(t, []int64{all[2], all[6]}, positions(got), "filters in SQL")
+}
