@@ -196,7 +196,7 @@ func (c *coordinator) startWorker(ctx context.Context, w *worker) {
 	wctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	w.mu.Lock()
-	w.stop, w.done, w.owned = cancel, done, true
+	w.stop, w.done = cancel, done
 	w.mu.Unlock()
 	w.loaded = false
 	w.log.Info("ownership acquired")
@@ -215,7 +215,7 @@ func (c *coordinator) startWorker(ctx context.Context, w *worker) {
 func (c *coordinator) stopWorker(w *worker) {
 	w.mu.Lock()
 	stop, done := w.stop, w.done
-	w.stop, w.done, w.owned = nil, nil, false
+	w.stop, w.done = nil, nil
 	w.mu.Unlock()
 	if stop == nil {
 		return

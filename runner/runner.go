@@ -107,9 +107,6 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 	}, nil
 }
 
-// owner is this runner's identity in the checkpoints' owner column.
-func (r *Runner) owner() string { return r.nodeID }
-
 // NodeID identifies this runner process among the others ("host/pid/random").
 func (r *Runner) NodeID() string { return r.nodeID }
 
@@ -169,20 +166,9 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 			return fmt.Errorf("register %q: %d partitions; want 1 to 1024", name, parts)
 		}
 	}
+	proto := &worker{proj: p, detached: d, match: projector.NewMatcher(f), policy: o.policy, replay: o.replayHistory}
 	for part := 0; part < parts; part++ {
-		w := &worker{
-			r:        r,
-			key:      checkpoint.Key{Projection: name, Version: version, Partitions: parts, Partition: part},
-			parts:    parts,
-			replay:   o.replayHistory,
-			proj:     p,
-			detached: d,
-			match:    projector.NewMatcher(f),
-			policy:   o.policy,
-			log:      r.log.With(zap.String("projection", name), zap.Int("partition", part)),
-			state:    checkpoint.Running,
-			reload:   make(chan struct{}, 1),
-		}
+		w := r.newWorker(proto, checkpoint.Key{Projection: name, Version: version, Partitions: parts, Partition: part})
 		r.workers = append(r.workers, w)
 		r.byName[name] = append(r.byName[name], w)
 	}
@@ -278,18 +264,30 @@ func (r *Runner) addDrainWorkers(w *worker, parts int) {
 		}
 	}
 	for part := 0; part < parts; part++ {
-		d := &worker{
-			r: r, key: checkpoint.Key{Projection: w.key.Projection, Version: w.key.Version, Partitions: parts, Partition: part},
-			parts: parts, proj: w.proj, detached: w.detached, match: w.match, policy: w.policy, replay: w.replay,
-			log:    r.log.With(zap.String("projection", w.key.Projection), zap.Int("partition", part), zap.Int("partitions", parts)),
-			state:  checkpoint.Running,
-			reload: make(chan struct{}, 1),
-		}
-		r.workers = append(r.workers, d)
+		key := w.key
+		key.Partitions, key.Partition = parts, part
+		r.workers = append(r.workers, r.newWorker(w, key))
 	}
 }
 
-// reloadAll makes every worker of a projection re-read its checkpoint.
+// newWorker returns a worker for key that runs proto's projection with proto's options.
+func (r *Runner) newWorker(proto *worker, key checkpoint.Key) *worker {
+	log := r.log.With(zap.String("projection", key.Projection), zap.Int("partition", key.Partition))
+	if key.Partitions > 1 {
+		log = log.With(zap.Int("partitions", key.Partitions))
+	}
+	return &worker{
+		r: r, key: key, parts: key.Partitions,
+		proj: proto.proj, detached: proto.detached, match: proto.match, policy: proto.policy, replay: proto.replay,
+		log:    log,
+		state:  checkpoint.Running,
+		stopAt: -1,
+		reload: make(chan struct{}, 1),
+	}
+}
+
+// reloadAll makes every worker of a projection (all partitions, also those draining) re-read its
+// checkpoint, and wakes them.
 func (r *Runner) reloadAll(projection string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -436,10 +434,7 @@ func (r *Runner) Rebuild(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("rebuild %q: %w", name, err)
 	}
-	for _, w := range ws {
-		w.requestReload()
-	}
-	r.wake.Signal()
+	r.reloadAll(name)
 	return nil
 }
 
@@ -447,7 +442,7 @@ func (r *Runner) Rebuild(ctx context.Context, name string) error {
 // checkpoint (the failing event is retried).
 func (r *Runner) Resume(ctx context.Context, name string) error {
 	r.mu.Lock()
-	ws, ok := r.byName[name]
+	_, ok := r.byName[name]
 	r.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("resume %q: %w", name, ErrUnknownProjection)
@@ -455,9 +450,6 @@ func (r *Runner) Resume(ctx context.Context, name string) error {
 	if _, err := r.cps.SetState(ctx, r.pool, name, checkpoint.Running); err != nil {
 		return fmt.Errorf("resume %q: %w", name, err)
 	}
-	for _, w := range ws {
-		w.requestReload()
-	}
-	r.wake.Signal()
+	r.reloadAll(name)
 	return nil
 }

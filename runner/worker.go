@@ -22,17 +22,17 @@ import (
 // worker runs one projection: it owns the projection's in-memory position and is the only
 // goroutine that calls its handler.
 type worker struct {
-	r              *Runner
-	key            checkpoint.Key
-	proj           projector.Projection
-	detached       projector.Detached
-	match          projector.Matcher
-	policy         FailurePolicy
-	log            *zap.Logger
-	reload         chan struct{} // asks the worker to re-read its checkpoint
-	parts          int           // the projection's partition count; key.Partition is this worker's
-	replay         bool          // a new version of a detached handler starts from 0
-	lastCutoverTry time.Time
+	r                 *Runner
+	key               checkpoint.Key
+	proj              projector.Projection
+	detached          projector.Detached
+	match             projector.Matcher
+	policy            FailurePolicy
+	log               *zap.Logger
+	reload            chan struct{} // asks the worker to re-read its checkpoint
+	parts             int           // the projection's partition count; key.Partition is this worker's
+	replay            bool          // a new version of a detached handler starts from 0
+	lastTransitionTry time.Time
 
 	// Owned by the worker goroutine.
 	loaded      bool
@@ -42,8 +42,7 @@ type worker struct {
 	loadedAt    time.Time
 	stopAt      int64 // >= 0 while draining to a barrier, else -1
 
-	mu        sync.Mutex // guards the fields below, read by Status and the coordinator
-	owned     bool
+	mu        sync.Mutex         // guards the fields below, read by Status and the coordinator
 	stop      context.CancelFunc // stops the running worker after its batch in flight
 	done      chan struct{}      // closed when it has stopped
 	state     checkpoint.State
@@ -408,7 +407,7 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 			return err
 		}
 	}
-	if err := w.r.cps.Save(ctx, tx, w.key, w.r.owner(), from, to); err != nil {
+	if err := w.r.cps.Save(ctx, tx, w.key, w.r.nodeID, from, to); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -428,12 +427,7 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 }
 
 func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore.PersistedEvent) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			w.log.Error("handler panicked", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
-			err = &handlerError{err: fmt.Errorf("handler panicked: %v", p)}
-		}
-	}()
+	defer w.recoverHandler(&err)
 	if herr := w.proj.Handle(ctx, tx, events); herr != nil {
 		return &handlerError{err: herr, transient: isTransient(herr)}
 	}
@@ -441,22 +435,30 @@ func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore
 }
 
 func (w *worker) callDetached(ctx context.Context, ev eventstore.PersistedEvent) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			w.log.Error("handler panicked", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
-			err = &handlerError{err: fmt.Errorf("handler panicked: %v", p)}
-		}
-	}()
+	defer w.recoverHandler(&err)
 	if herr := w.detached.HandleEvent(ctx, ev); herr != nil {
 		return &handlerError{err: herr}
 	}
 	return nil
 }
 
+// recoverHandler turns a handler's panic into its error; use it deferred.
+func (w *worker) recoverHandler(err *error) {
+	if p := recover(); p != nil {
+		w.log.Error("handler panicked", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+		*err = &handlerError{err: fmt.Errorf("handler panicked: %v", p)}
+	}
+}
+
+// failureText describes a handler failure on ev, for the checkpoint and the dead letter.
+func failureText(ev eventstore.PersistedEvent, err error) string {
+	return fmt.Sprintf("event %d (%s %s/%s): %v", ev.GlobalPosition, ev.EventType, ev.AggregateType, ev.AggregateID, err)
+}
+
 // fail applies the failure policy to ev, whose batch ends at to.
 func (w *worker) fail(ctx context.Context, ev eventstore.PersistedEvent, to int64, herr *handlerError) error {
 	from := w.persisted
-	msg := fmt.Sprintf("event %d (%s %s/%s): %v", ev.GlobalPosition, ev.EventType, ev.AggregateType, ev.AggregateID, herr.err)
+	msg := failureText(ev, herr.err)
 	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
 		cp, err := w.r.cps.Load(ctx, tx, w.key)
 		if err != nil {
@@ -469,7 +471,7 @@ func (w *worker) fail(ctx context.Context, ev eventstore.PersistedEvent, to int6
 			if err := w.r.cps.Park(ctx, tx, w.key, ev, msg); err != nil {
 				return err
 			}
-			return w.r.cps.Save(ctx, tx, w.key, w.r.owner(), from, to)
+			return w.r.cps.Save(ctx, tx, w.key, w.r.nodeID, from, to)
 		}
 		return w.r.cps.Stop(ctx, tx, w.key, from, ev.GlobalPosition-1, ev.GlobalPosition, msg)
 	})
@@ -649,7 +651,7 @@ func (w *worker) retry(ctx context.Context, dl checkpoint.DeadLetter) error {
 	if herr == nil {
 		return err
 	}
-	msg := fmt.Sprintf("event %d (%s %s/%s): %v", ev.GlobalPosition, ev.EventType, ev.AggregateType, ev.AggregateID, herr)
+	msg := failureText(ev, herr)
 	if err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error { return w.r.cps.Park(ctx, tx, w.key, ev, msg) }); err != nil {
 		return err
 	}
@@ -664,10 +666,9 @@ func (w *worker) retry(ctx context.Context, dl checkpoint.DeadLetter) error {
 // checks that every partition of the new version is at or past every partition of the old; runs
 // the projection's Activate; and marks the new version running and the old retired.
 func (w *worker) maybeCutover(ctx context.Context) error {
-	if w.key.Partition != 0 || w.currentState() != checkpoint.Building || time.Since(w.lastCutoverTry) < w.r.cfg.PollInterval/4 {
+	if !w.transitionDue(checkpoint.Building) {
 		return nil
 	}
-	w.lastCutoverTry = time.Now()
 	done := false
 	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
 		rows, err := w.r.cps.Projection(ctx, tx, w.key.Projection, true)
@@ -735,12 +736,19 @@ func (w *worker) maybeCutover(ctx context.Context) error {
 	}
 	if done {
 		w.log.Info("new version took over", zap.Int("version", w.key.Version))
-		w.loaded = false
-		for _, o := range w.r.byName[w.key.Projection] {
-			o.requestReload()
-		}
+		w.r.reloadAll(w.key.Projection)
 	}
 	return nil
+}
+
+// transitionDue reports whether this worker should try a version cut-over or a partition switch
+// now: it is partition 0 of a set in state, and the last try is a while ago.
+func (w *worker) transitionDue(state checkpoint.State) bool {
+	if w.key.Partition != 0 || w.currentState() != state || time.Since(w.lastTransitionTry) < w.r.cfg.PollInterval/4 {
+		return false
+	}
+	w.lastTransitionTry = time.Now()
+	return true
 }
 
 // readRange reads the events in (from, to], filtered for this projection, in one transaction.
@@ -756,10 +764,9 @@ func (w *worker) readRange(ctx context.Context, tx pgx.Tx, from, to int64) ([]ev
 // drained to its barrier, in one transaction that also retires the old set. It runs on the new
 // set's partition 0, now and then while it waits.
 func (w *worker) maybeSwitchPartitions(ctx context.Context) error {
-	if w.key.Partition != 0 || w.currentState() != checkpoint.Waiting || time.Since(w.lastCutoverTry) < w.r.cfg.PollInterval/4 {
+	if !w.transitionDue(checkpoint.Waiting) {
 		return nil
 	}
-	w.lastCutoverTry = time.Now()
 	switched := false
 	err := pgx.BeginFunc(ctx, w.r.pool, func(tx pgx.Tx) error {
 		rows, err := w.r.cps.Projection(ctx, tx, w.key.Projection, true)
