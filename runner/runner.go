@@ -215,7 +215,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.pages.start(gctx)
 	defer r.pages.wait()
 	g.Go(func() error {
-		return tracker.Run(gctx, r.pool, r.cfg.HorizonInterval, r.cfg.HorizonMinGap, func(err error) {
+		return tracker.Run(gctx, r.cfg.HorizonInterval, r.cfg.HorizonMinGap, func(err error) {
 			r.log.Warn("horizon refresh failed", zap.Error(err))
 		})
 	})
@@ -305,10 +305,11 @@ func (r *Runner) start(ctx context.Context, workers []*worker) (*horizon.Tracker
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
 	}
-	tracker := horizon.New(r.store.EventsTable(), seq, 0)
 	connCfg := r.pool.Config().ConnConfig.Copy()
-	tracker.Connect(func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, connCfg) })
-	if _, err := tracker.Tick(ctx, r.pool); err != nil {
+	tracker := horizon.New(r.store.EventsTable(), seq, 0, func(ctx context.Context) (*pgx.Conn, error) {
+		return pgx.ConnectConfig(ctx, connCfg)
+	})
+	if _, err := tracker.Tick(ctx); err != nil {
 		tracker.Close(context.Background())
 		return nil, fmt.Errorf("runner: %w", err)
 	}

@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/sqlname"
@@ -111,8 +110,10 @@ type Tracker struct {
 }
 
 // New returns a tracker for the events table whose position sequence is seq (from Check).
-// start is a horizon known to be settled (0 is always safe).
-func New(events sqlname.Name, seq string, start int64) *Tracker {
+// start is a horizon known to be settled (0 is always safe). connect opens the tracker's own
+// connection: with a shared pool, ticks would queue behind slow appenders holding its connections,
+// just when a projection waits for one.
+func New(events sqlname.Name, seq string, start int64, connect func(context.Context) (*pgx.Conn, error)) *Tracker {
 	k := uint64(sqlname.AppendLockKey(events))
 	return &Tracker{
 		lastValueSQL: `SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM ` + seq,
@@ -129,6 +130,7 @@ func New(events sqlname.Name, seq string, start int64) *Tracker {
 		h:        start,
 		changed:  make(chan struct{}),
 		requests: make(chan struct{}, 1),
+		connect:  connect,
 	}
 }
 
@@ -164,12 +166,7 @@ func (t *Tracker) Request() {
 	}
 }
 
-// Connect sets how the tracker gets its own connection. A dedicated connection keeps horizon
-// refreshes from queueing behind a pool that slow appenders have exhausted. Without it, Tick uses
-// the pool it is given.
-func (t *Tracker) Connect(connect func(context.Context) (*pgx.Conn, error)) { t.connect = connect }
-
-// Close closes the dedicated connection, if any.
+// Close closes the tracker's connection, if open.
 func (t *Tracker) Close(ctx context.Context) {
 	t.tickMu.Lock()
 	defer t.tickMu.Unlock()
@@ -179,28 +176,20 @@ func (t *Tracker) Close(ctx context.Context) {
 	}
 }
 
-type batchSender interface {
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
-}
-
-// Tick reads L and the holders in one round trip and advances the horizon. It returns the new
-// horizon.
-func (t *Tracker) Tick(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+// Tick reads L and the holders in one round trip on the tracker's own connection (opened on
+// first use, and again after an error) and advances the horizon. It returns the new horizon.
+func (t *Tracker) Tick(ctx context.Context) (int64, error) {
 	t.tickMu.Lock()
 	defer t.tickMu.Unlock()
-	var db batchSender = pool
-	if t.connect != nil {
-		if t.conn == nil || t.conn.IsClosed() {
-			conn, err := t.connect(ctx)
-			if err != nil {
-				return 0, fmt.Errorf("horizon: connect: %w", err)
-			}
-			t.conn = conn
+	if t.conn == nil || t.conn.IsClosed() {
+		conn, err := t.connect(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("horizon: connect: %w", err)
 		}
-		db = t.conn
+		t.conn = conn
 	}
-	h, err := t.tick(ctx, db)
-	if err != nil && t.conn != nil {
+	h, err := t.tick(ctx, t.conn)
+	if err != nil {
 		// Start afresh on the next tick: the connection may be broken.
 		_ = t.conn.Close(ctx)
 		t.conn = nil
@@ -208,13 +197,12 @@ func (t *Tracker) Tick(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 	return h, err
 }
 
-func (t *Tracker) tick(ctx context.Context, pool batchSender) (int64, error) {
-
+func (t *Tracker) tick(ctx context.Context, conn *pgx.Conn) (int64, error) {
 	// The batch runs its statements in order on one connection: L is read before the locks.
 	batch := &pgx.Batch{}
 	batch.Queue(t.lastValueSQL)
 	batch.Queue(t.locksSQL, t.keyHi, t.keyLo, t.class)
-	br := pool.SendBatch(ctx, batch)
+	br := conn.SendBatch(ctx, batch)
 	var l int64
 	if err := br.QueryRow().Scan(&l); err != nil {
 		_ = br.Close()
@@ -307,7 +295,7 @@ func (t *Tracker) tick(ctx context.Context, pool batchSender) (int64, error) {
 // Run ticks every interval until ctx ends. After a Request it ticks every minGap instead, until
 // the horizon moves (the waiters are then woken through Changed, and ask again if they still
 // wait). Failed ticks are reported to onError and retried. It returns nil when ctx ends.
-func (t *Tracker) Run(ctx context.Context, pool *pgxpool.Pool, interval, minGap time.Duration, onError func(error)) error {
+func (t *Tracker) Run(ctx context.Context, interval, minGap time.Duration, onError func(error)) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	fast := false
@@ -320,7 +308,7 @@ func (t *Tracker) Run(ctx context.Context, pool *pgxpool.Pool, interval, minGap 
 			fast = true
 		}
 		before := t.Horizon()
-		h, err := t.Tick(ctx, pool)
+		h, err := t.Tick(ctx)
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
