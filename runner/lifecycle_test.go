@@ -73,7 +73,9 @@ func TestShutdownMidBatch(t *testing.T) {
 }
 
 // The listener's connection is killed while events arrive: it reconnects, re-checks, and nothing
-// is missed. Polling is made too slow to help.
+// is missed. Polling and horizon ticks are made too slow to help, and the reconnect delay long
+// enough that the events commit while no LISTEN is in place, so only the re-check after the
+// reconnect can find them (the test checks that order).
 func TestListenerConnectionKilled(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
@@ -82,8 +84,12 @@ func TestListenerConnectionKilled(t *testing.T) {
 	cfg := h.config()
 	cfg.PollInterval = time.Hour
 	cfg.HorizonInterval = time.Hour
-	cfg.ReconnectDelay = 10 * time.Millisecond
-	cfg.Hooks.ListenerConnected = func(pid uint32) { pids <- pid }
+	cfg.ReconnectDelay = time.Second
+	var connectedAt sync.Map // pid -> time
+	cfg.Hooks.ListenerConnected = func(pid uint32) {
+		connectedAt.Store(pid, time.Now())
+		pids <- pid
+	}
 	_, _ = h.start(cfg, &recorder{name: "rec"})
 	first := <-pids
 
@@ -96,12 +102,18 @@ func TestListenerConnectionKilled(t *testing.T) {
 	require.True(t, killed)
 	// Events committed while the listener is down are found by the re-check after reconnecting.
 	want = append(want, h.appendMany(ctx, 5)...)
+	committedAt := time.Now()
 	select {
 	case second := <-pids:
 		require.NotEqual(t, first, second)
+		at, _ := connectedAt.Load(second)
+		require.True(t, at.(time.Time).After(committedAt), "the events must commit before the listener is back")
 	case <-time.After(waitTimeout):
 		t.Fatal("listener did not reconnect")
 	}
+	h.waitFor("the events committed while the listener was down", func() bool {
+		return len(appliedPositions(t, h.db.Pool, "rec")) == len(want)
+	})
 	want = append(want, h.appendMany(ctx, 5)...)
 	h.waitFor("all events", func() bool { return len(appliedPositions(t, h.db.Pool, "rec")) == len(want) })
 	require.Equal(t, want, appliedPositions(t, h.db.Pool, "rec"))

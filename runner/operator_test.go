@@ -44,7 +44,8 @@ func TestOperatorRequests(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, dead)
 
-	// Pause: nothing is applied; resume: it goes on.
+	// Pause, then resume: the events appended meanwhile are applied after the resume. (That a
+	// paused checkpoint cannot move is checked in package checkpoint.)
 	_, err = cps.SetState(ctx, h.db.Pool, "ops", checkpoint.Paused)
 	require.NoError(t, err)
 	h.waitFor("the runner to see the pause", func() bool { return stateOf(t, r, "ops").State == checkpoint.Paused })
