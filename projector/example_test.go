@@ -35,8 +35,13 @@ func ExampleOn() {
 	// Output: <nil> 12 1 [Deposited]
 }
 
-// PartitionOf keeps an aggregate's events in one partition.
+// PartitionOf keeps an aggregate's events in one partition: the same ID always maps to the
+// same partition (pinned here: changing the hash would move existing aggregates), and an
+// unpartitioned projection has only partition 0.
 func ExamplePartitionOf() {
-	fmt.Println(projector.PartitionOf("account-42", 4) == projector.PartitionOf("account-42", 4), projector.PartitionOf("x", 1))
-	// Output: true 0
+	for _, id := range []string{"account-1", "account-2", "account-3", "account-4"} {
+		fmt.Print(projector.PartitionOf(id, 4), " ")
+	}
+	fmt.Println(projector.PartitionOf("account-1", 1))
+	// Output: 2 3 0 1 0
 }
