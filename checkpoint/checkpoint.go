@@ -6,7 +6,9 @@
 // position the batch was read from and on the owner, commit. A worker whose position is stale
 // (another worker got there first) or that lost ownership (it was paused, or cut off, and its
 // lease was taken over) fails Save with ErrConflict and its transaction rolls back, so no batch is
-// ever applied twice (DESIGN.md G3, G6).
+// ever applied twice (docs/design.md, guarantees G3 and G6). Which units exist and whether they
+// may apply at all is the projection's lifecycle record's to say (internal/lifecycle); Save checks
+// it in the same compare-and-set.
 package checkpoint
 
 import (
@@ -19,36 +21,16 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/migrations"
 )
 
-// State is a checkpoint's run state.
-type State string
-
-const (
-	// Running: the projection is applied as events arrive.
-	Running State = "running"
-	// Stopped: a handler failed under the stop policy; LastError and FailedPosition say why.
-	Stopped State = "stopped"
-	// Paused: an operator paused it.
-	Paused State = "paused"
-	// Building: a new version catching up beside the active one.
-	Building State = "building"
-	// Waiting: a new set of partitions waiting for the old set to drain to its stop position.
-	Waiting State = "waiting"
-	// Retired: replaced by a newer version; never run again.
-	Retired State = "retired"
-)
-
-// Applies reports whether a checkpoint in state s takes batches.
-func (s State) Applies() bool { return s == Running || s == Building }
-
 // Errors.
 var (
 	// ErrConflict: Save found a position other than the batch's starting position, another owner,
-	// or a state that does not take batches.
-	ErrConflict = errors.New("checkpoint: moved, owned by another process, or not running (compare-and-set failed)")
+	// a failure, or a lifecycle that does not let the unit apply (paused, retired, at its barrier).
+	ErrConflict = errors.New("checkpoint: moved, owned by another process, or not applying (compare-and-set failed)")
 	// ErrNotFound: no such checkpoint or dead letter.
 	ErrNotFound = errors.New("checkpoint: not found")
 )
@@ -100,20 +82,21 @@ func (k Key) args() []any { return []any{k.Projection, k.version(), k.partitions
 
 func (k Key) argsWith(more ...any) []any { return append(k.args(), more...) }
 
-// Checkpoint is one row.
+// Checkpoint is one row: the run state of one unit (a partition of a version of a projection).
+// Whether the unit may apply events at all is the projection's lifecycle record's to say
+// (internal/lifecycle).
 type Checkpoint struct {
 	Key
-	Position         int64
-	State            State
-	LastError        string
-	FailedPosition   int64 // position of the event that stopped it; 0 when running
-	Owner            string
-	LeaseUntil       time.Time
-	RebuildRequested bool
-	// StopAt is where this partition stops while the partition count changes (-1: no limit).
-	StopAt    int64
-	UpdatedAt time.Time
+	Position       int64
+	LastError      string
+	FailedPosition int64 // position of the event that stopped it; 0 when not stopped
+	Owner          string
+	LeaseUntil     time.Time
+	UpdatedAt      time.Time
 }
+
+// Stopped reports whether a handler failure stopped the unit (until resumed).
+func (c Checkpoint) Stopped() bool { return c.FailedPosition > 0 }
 
 // Config names the tables; empty names take the migrations defaults.
 type Config struct {
@@ -123,11 +106,14 @@ type Config struct {
 	DeadLettersTable string
 	// NodesTable defaults to "eventline_nodes".
 	NodesTable string
+	// ProjectionsTable (the lifecycle records) defaults to "eventline_projections".
+	ProjectionsTable string
 }
 
 // Store reads and writes checkpoints. It holds no connection and is safe for concurrent use.
 type Store struct {
-	table, dead, nodes string
+	table, dead, nodes, projections string
+	saveSQL                         string
 }
 
 // New validates cfg's names and returns a Store.
@@ -140,6 +126,7 @@ func New(cfg Config) (*Store, error) {
 	def(&cfg.Table, migrations.CheckpointsTableDefault)
 	def(&cfg.DeadLettersTable, migrations.DeadLettersTableDefault)
 	def(&cfg.NodesTable, migrations.NodesTableDefault)
+	def(&cfg.ProjectionsTable, migrations.ProjectionsTableDefault)
 	var s Store
 	for _, f := range []struct {
 		what, val string
@@ -148,6 +135,7 @@ func New(cfg Config) (*Store, error) {
 		{"checkpoints table", cfg.Table, &s.table},
 		{"dead letters table", cfg.DeadLettersTable, &s.dead},
 		{"nodes table", cfg.NodesTable, &s.nodes},
+		{"projections table", cfg.ProjectionsTable, &s.projections},
 	} {
 		n, err := sqlname.Parse(f.what, f.val)
 		if err != nil {
@@ -155,34 +143,24 @@ func New(cfg Config) (*Store, error) {
 		}
 		*f.dst = n.Quoted()
 	}
+	s.saveSQL = `UPDATE ` + s.table + ` SET position = $6, updated_at = now()` + where + `
+		AND position = $5 AND owner = $7 AND failed_position IS NULL AND ` + lifecycle.ApplyCondition(s.projections, "$6")
 	return &s, nil
 }
 
-const columns = `projection, version, partition, partitions, position, state, coalesce(last_error, ''),
-	coalesce(failed_position, 0), coalesce(owner, ''), coalesce(lease_until, 'epoch'), rebuild_requested,
-	coalesce(stop_at, -1), updated_at`
+const columns = `projection, version, partition, partitions, position, coalesce(last_error, ''),
+	coalesce(failed_position, 0), coalesce(owner, ''), coalesce(lease_until, 'epoch'), updated_at`
 
 // where selects one checkpoint by its key: parameters $1 to $4 (Key.args).
 const where = ` WHERE projection = $1 AND version = $2 AND partitions = $3 AND partition = $4`
 
 func scan(row pgx.Row) (Checkpoint, error) {
 	var c Checkpoint
-	var state string
 	var version, part, parts int32
-	err := row.Scan(&c.Projection, &version, &part, &parts, &c.Position, &state, &c.LastError, &c.FailedPosition,
-		&c.Owner, &c.LeaseUntil, &c.RebuildRequested, &c.StopAt, &c.UpdatedAt)
+	err := row.Scan(&c.Projection, &version, &part, &parts, &c.Position, &c.LastError, &c.FailedPosition,
+		&c.Owner, &c.LeaseUntil, &c.UpdatedAt)
 	c.Version, c.Partition, c.Partitions = int(version), int(part), int(parts)
-	c.State = State(state)
 	return c, err
-}
-
-// Ensure creates the checkpoint, at position and in state, if it does not exist.
-func (s *Store) Ensure(ctx context.Context, db eventstore.DBTX, key Key, position int64, state State) error {
-	if _, err := db.Exec(ctx, `INSERT INTO `+s.table+` (projection, version, partitions, partition, position, state)
-		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, key.argsWith(position, string(state))...); err != nil {
-		return fmt.Errorf("create checkpoint %s: %w", key, err)
-	}
-	return nil
 }
 
 // Load reads the checkpoint and locks its row until tx ends.
@@ -209,13 +187,15 @@ func (s *Store) Get(ctx context.Context, db eventstore.DBTX, key Key) (Checkpoin
 	return c, nil
 }
 
-// Save moves the checkpoint from from to to, only if it is still at from, takes batches, is not
-// asked to stop before to, and (when owner is not empty) is owned by owner; otherwise it returns
-// ErrConflict and the caller must roll back.
+// Save moves the checkpoint from from to to, only if it is still at from, is owned by owner, is
+// not stopped, and the projection's lifecycle lets the unit apply up to to (not paused, an active
+// or building layout, not beyond the barrier); otherwise it returns ErrConflict and the caller
+// must roll back.
 func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, owner string, from, to int64) error {
-	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET position = $6, updated_at = now()`+where+`
-		AND position = $5 AND state IN ('running', 'building') AND ($7 = '' OR owner = $7)
-		AND (stop_at IS NULL OR $6 <= stop_at)`, key.argsWith(from, to, owner)...)
+	if owner == "" {
+		return fmt.Errorf("save checkpoint %s: no owner", key)
+	}
+	tag, err := tx.Exec(ctx, s.saveSQL, key.argsWith(from, to, owner)...)
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", key, err)
 	}
@@ -243,26 +223,6 @@ func (s *Store) Projection(ctx context.Context, db eventstore.DBTX, projection s
 	return out, nil
 }
 
-// SetVersionState sets the state of every partition of one version of a projection; with
-// partitions > 0, only of that set of partitions. Retired checkpoints are left alone.
-func (s *Store) SetVersionState(ctx context.Context, db eventstore.DBTX, projection string, version, partitions int, state State) error {
-	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET state = $4, updated_at = now()
-		WHERE projection = $1 AND version = $2 AND ($3 = 0 OR partitions = $3) AND state <> 'retired'`,
-		projection, max(1, version), partitions, string(state)); err != nil {
-		return fmt.Errorf("set %s@%d %s: %w", projection, version, state, err)
-	}
-	return nil
-}
-
-// SetStopAt makes one set of partitions of a projection version stop at position.
-func (s *Store) SetStopAt(ctx context.Context, db eventstore.DBTX, projection string, version, partitions int, position int64) error {
-	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET stop_at = $4, updated_at = now()
-		WHERE projection = $1 AND version = $2 AND partitions = $3`, projection, max(1, version), partitions, position); err != nil {
-		return fmt.Errorf("set stop position of %s@%d/%d: %w", projection, version, partitions, err)
-	}
-	return nil
-}
-
 // List returns every checkpoint, ordered by projection, version and partition.
 func (s *Store) List(ctx context.Context, db eventstore.DBTX) ([]Checkpoint, error) {
 	rows, err := db.Query(ctx, `SELECT `+columns+` FROM `+s.table+` ORDER BY projection, version, partitions, partition`)
@@ -276,28 +236,11 @@ func (s *Store) List(ctx context.Context, db eventstore.DBTX) ([]Checkpoint, err
 	return out, nil
 }
 
-// Reset sets the checkpoint to position, clearing any error, stop or rebuild request (a building
-// version stays building, others become running). Use it in the transaction that empties the
-// read model.
-func (s *Store) Reset(ctx context.Context, db eventstore.DBTX, key Key, position int64) error {
-	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET position = $5,
-		state = CASE WHEN state IN ('building', 'waiting') THEN state ELSE 'running' END,
-		last_error = NULL, failed_position = NULL, rebuild_requested = false, updated_at = now()`+where,
-		key.argsWith(position)...)
-	if err != nil {
-		return fmt.Errorf("reset checkpoint %s: %w", key, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("reset checkpoint %s: %w", key, ErrNotFound)
-	}
-	return nil
-}
-
 // Stop moves the checkpoint from from to to (the position before the failing event) and marks it
 // stopped, because the event at failedPosition failed with errText. Like Save it is a
 // compare-and-set on from.
 func (s *Store) Stop(ctx context.Context, tx pgx.Tx, key Key, from, to, failedPosition int64, errText string) error {
-	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET state = 'stopped', position = $8, last_error = $6,
+	tag, err := tx.Exec(ctx, `UPDATE `+s.table+` SET position = $8, last_error = $6,
 		failed_position = $7, updated_at = now()`+where+` AND position = $5`,
 		key.argsWith(from, errText, failedPosition, to)...)
 	if err != nil {
@@ -307,37 +250,6 @@ func (s *Store) Stop(ctx context.Context, tx pgx.Tx, key Key, from, to, failedPo
 		return fmt.Errorf("stop checkpoint %s at %d: %w", key, from, ErrConflict)
 	}
 	return nil
-}
-
-// SetState sets the state of every version and partition of projection that is running, stopped
-// or paused (building and retired versions are left alone); resuming also clears the error. It
-// returns how many checkpoints changed.
-func (s *Store) SetState(ctx context.Context, db eventstore.DBTX, projection string, state State) (int, error) {
-	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET state = $2,
-		last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END,
-		failed_position = CASE WHEN $2 = 'running' THEN NULL ELSE failed_position END,
-		updated_at = now() WHERE projection = $1 AND state IN ('running', 'stopped', 'paused')`, projection, string(state))
-	if err != nil {
-		return 0, fmt.Errorf("set %s %s: %w", projection, state, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return 0, fmt.Errorf("set %s %s: %w", projection, state, ErrNotFound)
-	}
-	return int(tag.RowsAffected()), nil
-}
-
-// RequestRebuild asks the owners of projection's active checkpoints to reset the read model and
-// replay it from 0. It returns how many checkpoints were marked.
-func (s *Store) RequestRebuild(ctx context.Context, db eventstore.DBTX, projection string) (int, error) {
-	tag, err := db.Exec(ctx, `UPDATE `+s.table+` SET rebuild_requested = true, updated_at = now()
-		WHERE projection = $1 AND state IN ('running', 'stopped', 'paused')`, projection)
-	if err != nil {
-		return 0, fmt.Errorf("request rebuild of %s: %w", projection, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return 0, fmt.Errorf("request rebuild of %s: %w", projection, ErrNotFound)
-	}
-	return int(tag.RowsAffected()), nil
 }
 
 // Claim makes owner the owner of key for lease, if nobody else holds a live lease on it. It
@@ -384,77 +296,104 @@ func (s *Store) Renew(ctx context.Context, db eventstore.DBTX, owner string, lea
 
 // Release gives up owner's ownership of key (no-op if it does not own it).
 func (s *Store) Release(ctx context.Context, db eventstore.DBTX, key Key, owner string) error {
-	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET owner = NULL, lease_until = NULL`+where+` AND owner = $5`,
-		key.argsWith(owner)...); err != nil {
+	// A row locked by a batch in flight is skipped, not waited for: the caller tries again later.
+	if _, err := db.Exec(ctx, `UPDATE `+s.table+` SET owner = NULL, lease_until = NULL
+		WHERE (projection, version, partitions, partition) IN (SELECT projection, version, partitions, partition FROM `+s.table+where+`
+			AND owner = $5 FOR UPDATE SKIP LOCKED)`, key.argsWith(owner)...); err != nil {
 		return fmt.Errorf("release %s: %w", key, err)
 	}
 	return nil
 }
 
-// DeadLetter is a parked event.
+// DeadLetter is a parked event. Dead letters belong to a version of a projection, not to a
+// partition: the owner of the event's aggregate under the current layout retries them.
 type DeadLetter struct {
 	ID             int64
-	Key            Key
+	Projection     string
+	Version        int
 	GlobalPosition int64
 	EventID        uuid.UUID
+	AggregateType  string
+	AggregateID    string
 	Error          string
 	Attempts       int
 	RetryRequested bool
-	CreatedAt      time.Time
+	// BlockedBy is the position of an earlier parked event of the same aggregate that this one
+	// was parked behind (sequenced dead letters), or 0.
+	BlockedBy int64
+	CreatedAt time.Time
 }
 
 // Park records that the event ev failed for key with errText (attempts counts repeats).
-func (s *Store) Park(ctx context.Context, tx pgx.Tx, key Key, ev eventstore.PersistedEvent, errText string) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO `+s.dead+` (projection, version, partitions, partition, global_position, event_id, error)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
-		ON CONFLICT (projection, version, partitions, partition, global_position)
+// blockedBy is the position of the earlier parked event of its aggregate it waits behind, or 0.
+func (s *Store) Park(ctx context.Context, tx pgx.Tx, key Key, ev *eventstore.PersistedEvent, errText string, blockedBy int64) error {
+	var blocked *int64
+	if blockedBy > 0 {
+		blocked = &blockedBy
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO `+s.dead+` (projection, version, global_position, event_id, aggregate_type, aggregate_id, error, blocked_by)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (projection, version, global_position)
 		DO UPDATE SET error = EXCLUDED.error, attempts = `+s.dead+`.attempts + 1, retry_requested = false`,
-		key.argsWith(ev.GlobalPosition, ev.EventID, errText)...); err != nil {
+		key.Projection, key.version(), ev.GlobalPosition, ev.EventID, ev.AggregateType, ev.AggregateID, errText, blocked); err != nil {
 		return fmt.Errorf("park event %d for %s: %w", ev.GlobalPosition, key, err)
 	}
 	return nil
 }
 
-const deadColumns = `id, projection, version, partitions, partition, global_position, event_id, error, attempts, retry_requested, created_at`
+const deadColumns = `id, projection, version, global_position, event_id, aggregate_type, aggregate_id, error, attempts,
+	retry_requested, coalesce(blocked_by, 0), created_at`
 
 func scanDead(r pgx.CollectableRow) (DeadLetter, error) {
 	var d DeadLetter
-	var version, parts, part, attempts int32
-	err := r.Scan(&d.ID, &d.Key.Projection, &version, &parts, &part, &d.GlobalPosition, &d.EventID, &d.Error, &attempts, &d.RetryRequested, &d.CreatedAt)
-	d.Key.Version, d.Key.Partitions, d.Key.Partition, d.Attempts = int(version), int(parts), int(part), int(attempts)
+	var version, attempts int32
+	err := r.Scan(&d.ID, &d.Projection, &version, &d.GlobalPosition, &d.EventID, &d.AggregateType, &d.AggregateID,
+		&d.Error, &attempts, &d.RetryRequested, &d.BlockedBy, &d.CreatedAt)
+	d.Version, d.Attempts = int(version), int(attempts)
 	return d, err
+}
+
+func (s *Store) queryDead(ctx context.Context, db eventstore.DBTX, what, cond string, args ...any) ([]DeadLetter, error) {
+	rows, err := db.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+` WHERE `+cond+`
+		ORDER BY projection, version, global_position`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	out, err := pgx.CollectRows(rows, scanDead)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
 }
 
 // DeadLetters lists parked events, of one projection or (with "") of all, in position order.
 func (s *Store) DeadLetters(ctx context.Context, db eventstore.DBTX, projection string) ([]DeadLetter, error) {
-	rows, err := db.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+`
-		WHERE $1 = '' OR projection = $1 ORDER BY projection, version, partitions, partition, global_position`, projection)
+	return s.queryDead(ctx, db, "list dead letters", `$1 = '' OR projection = $1`, projection)
+}
+
+// VersionDeadLetters lists the parked events of one version of a projection, in position order.
+func (s *Store) VersionDeadLetters(ctx context.Context, db eventstore.DBTX, projection string, version int) ([]DeadLetter, error) {
+	return s.queryDead(ctx, db, "list dead letters", `projection = $1 AND version = $2`, projection, max(1, version))
+}
+
+// LockAggregateDeadLetters locks and returns the parked events of one aggregate for one version,
+// in position order.
+func (s *Store) LockAggregateDeadLetters(ctx context.Context, tx pgx.Tx, projection string, version int, aggType, aggID string) ([]DeadLetter, error) {
+	rows, err := tx.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+`
+		WHERE projection = $1 AND version = $2 AND aggregate_type = $3 AND aggregate_id = $4
+		ORDER BY global_position FOR UPDATE`, projection, max(1, version), aggType, aggID)
 	if err != nil {
-		return nil, fmt.Errorf("list dead letters: %w", err)
+		return nil, fmt.Errorf("lock dead letters of %s/%s: %w", aggType, aggID, err)
 	}
 	out, err := pgx.CollectRows(rows, scanDead)
 	if err != nil {
-		return nil, fmt.Errorf("list dead letters: %w", err)
+		return nil, fmt.Errorf("lock dead letters of %s/%s: %w", aggType, aggID, err)
 	}
 	return out, nil
 }
 
-// RetryRequested lists the dead letters of key that an operator asked to retry.
-func (s *Store) RetryRequested(ctx context.Context, db eventstore.DBTX, key Key) ([]DeadLetter, error) {
-	rows, err := db.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+`
-		WHERE projection = $1 AND version = $2 AND partitions = $3 AND partition = $4 AND retry_requested
-		ORDER BY global_position`, key.args()...)
-	if err != nil {
-		return nil, fmt.Errorf("list dead letters to retry: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, scanDead)
-	if err != nil {
-		return nil, fmt.Errorf("list dead letters to retry: %w", err)
-	}
-	return out, nil
-}
-
-// RequestRetry asks the owner to run the handler on dead letter id again.
+// RequestRetry asks the owner to run the handler on dead letter id again (and, behind it, on the
+// later parked events of its aggregate, in order).
 func (s *Store) RequestRetry(ctx context.Context, db eventstore.DBTX, id int64) error {
 	tag, err := db.Exec(ctx, `UPDATE `+s.dead+` SET retry_requested = true WHERE id = $1`, id)
 	if err != nil {
@@ -462,6 +401,17 @@ func (s *Store) RequestRetry(ctx context.Context, db eventstore.DBTX, id int64) 
 	}
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("request retry of dead letter %d: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// ClearRetryRequests withdraws the retry requests of one aggregate's parked events (after a retry
+// that failed again: they wait for a new request).
+func (s *Store) ClearRetryRequests(ctx context.Context, tx pgx.Tx, projection string, version int, aggType, aggID string) error {
+	if _, err := tx.Exec(ctx, `UPDATE `+s.dead+` SET retry_requested = false
+		WHERE projection = $1 AND version = $2 AND aggregate_type = $3 AND aggregate_id = $4 AND retry_requested`,
+		projection, max(1, version), aggType, aggID); err != nil {
+		return fmt.Errorf("clear retry requests of %s/%s: %w", aggType, aggID, err)
 	}
 	return nil
 }

@@ -34,6 +34,7 @@ const (
 	CheckpointsTableDefault    = "eventline_checkpoints"
 	DeadLettersTableDefault    = "eventline_dead_letters"
 	NodesTableDefault          = "eventline_nodes"
+	ProjectionsTableDefault    = "eventline_projections"
 	MigrationsTableDefault     = "eventline_migrations"
 )
 
@@ -50,6 +51,9 @@ type Config struct {
 	DeadLettersTable string
 	// NodesTable lists the live runner processes. Defaults to "eventline_nodes".
 	NodesTable string
+	// ProjectionsTable holds one lifecycle record per projection (active version, partition
+	// layout, pause, rebuild requests). Defaults to "eventline_projections".
+	ProjectionsTable string
 	// MigrationsTable records which migrations ran, per events table.
 	// Defaults to "eventline_migrations".
 	MigrationsTable string
@@ -70,13 +74,14 @@ func (c Config) WithDefaults() Config {
 	def(&c.CheckpointsTable, CheckpointsTableDefault)
 	def(&c.DeadLettersTable, DeadLettersTableDefault)
 	def(&c.NodesTable, NodesTableDefault)
+	def(&c.ProjectionsTable, ProjectionsTableDefault)
 	def(&c.MigrationsTable, MigrationsTableDefault)
 	return c
 }
 
 // names is c validated.
 type names struct {
-	events, heads, checkpoints, deadLetters, nodes, migrations sqlname.Name
+	events, heads, checkpoints, deadLetters, nodes, projections, migrations sqlname.Name
 }
 
 func (c Config) validate() (names, error) {
@@ -93,6 +98,7 @@ func (c Config) validate() (names, error) {
 		{"checkpoints table", c.CheckpointsTable, &n.checkpoints},
 		{"dead letters table", c.DeadLettersTable, &n.deadLetters},
 		{"nodes table", c.NodesTable, &n.nodes},
+		{"projections table", c.ProjectionsTable, &n.projections},
 		{"migrations table", c.MigrationsTable, &n.migrations},
 	} {
 		if *f.dst, err = sqlname.Parse(f.what, f.val); err != nil {
@@ -122,6 +128,7 @@ func Files(cfg Config) ([]Migration, error) {
 		"Checkpoints":    n.checkpoints.Quoted(),
 		"DeadLetters":    n.deadLetters.Quoted(),
 		"Nodes":          n.nodes.Quoted(),
+		"Projections":    n.projections.Quoted(),
 		"AppendLockFunc": n.events.Sibling("eventline_append_lock"),
 		"AppendLockKey":  strconv.FormatInt(sqlname.AppendLockKey(n.events), 10),
 	}

@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/migrations"
@@ -56,9 +58,26 @@ func readSchema(t *testing.T, db *pgtest.Database) schema {
 	return s
 }
 
+// readColumnsAndIndexes describes every column and index of the public schema, in an order that
+// does not depend on how the tables came to be.
+func readColumnsAndIndexes(t *testing.T, db *pgtest.Database) []string {
+	t.Helper()
+	rows, err := db.Pool.Query(ctxT(t), `
+		SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '')
+		FROM information_schema.columns WHERE table_schema = 'public'
+		UNION ALL
+		SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'
+		ORDER BY 1`)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return out
+}
+
 func checkSchema(t *testing.T, s schema) {
 	t.Helper()
-	require.Equal(t, []string{"aggregate_heads", "eventline_checkpoints", "eventline_dead_letters", "eventline_migrations", "eventline_nodes", "events"}, s.Tables)
+	require.Equal(t, []string{"aggregate_heads", "eventline_checkpoints", "eventline_dead_letters", "eventline_migrations",
+		"eventline_nodes", "eventline_projections", "events"}, s.Tables)
 	require.Len(t, s.Triggers, 1)
 	require.Contains(t, s.Triggers[0], "eventline_append_lock:CREATE TRIGGER eventline_append_lock BEFORE INSERT ON public.events FOR EACH STATEMENT")
 	require.EqualValues(t, 1, s.SeqCache)
@@ -67,13 +86,28 @@ func checkSchema(t *testing.T, s schema) {
 	require.EqualValues(t, len(files), s.AppliedRows)
 }
 
+// versions lists the versions of the embedded migrations, those before until (all with 0).
+func versions(t *testing.T, until int) []int {
+	t.Helper()
+	files, err := migrations.Files(migrations.DefaultConfig())
+	require.NoError(t, err)
+	var out []int
+	for _, m := range files {
+		if until == 0 || m.Version < until {
+			out = append(out, m.Version)
+		}
+	}
+	return out
+}
+
 func TestApplyTwice(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
 	db := pgtest.NewEmptyDatabase(t)
 	applied, err := migrations.Apply(ctx, db.Pool, migrations.DefaultConfig())
 	require.NoError(t, err)
-	require.Equal(t, []int{1, 2}, applied)
+	require.Equal(t, versions(t, 0), applied)
+	require.Contains(t, applied, 4)
 	first := readSchema(t, db)
 	checkSchema(t, first)
 
@@ -114,7 +148,7 @@ func TestApplyConcurrently(t *testing.T) {
 		require.NoError(t, errs[i])
 		total += len(results[i])
 	}
-	require.Equal(t, 2, total, "every migration ran exactly once")
+	require.Equal(t, len(versions(t, 0)), total, "every migration ran exactly once")
 	checkSchema(t, readSchema(t, db))
 }
 
@@ -126,6 +160,7 @@ func TestCustomNamesAndSQL(t *testing.T) {
 	require.Contains(t, sql, `CREATE TABLE "shop"."Events"`)
 	require.Contains(t, sql, `CREATE TABLE "shop_checkpoints"`)
 	require.Contains(t, sql, `CREATE TABLE "aggregate_heads"`)
+	require.Contains(t, sql, `CREATE TABLE "eventline_projections"`)
 	k := sqlname.AppendLockKey(sqlname.MustParse("shop.Events"))
 	require.Contains(t, sql, "'"+itoa(k)+"'")
 	require.NotContains(t, sql, "{{")
@@ -136,12 +171,15 @@ func TestCustomNamesAndSQL(t *testing.T) {
 	require.NoError(t, err)
 	applied, err := migrations.Apply(ctx, db.Pool, cfg)
 	require.NoError(t, err)
-	require.Len(t, applied, 2)
+	require.Equal(t, versions(t, 0), applied)
 	// A second events table in the same database is migrated independently.
 	applied, err = migrations.Apply(ctx, db.Pool, migrations.Config{EventsTable: "other_events", AggregateHeadsTable: "other_heads",
-		CheckpointsTable: "other_checkpoints", DeadLettersTable: "other_dead_letters", NodesTable: "other_nodes"})
+		CheckpointsTable: "other_checkpoints", DeadLettersTable: "other_dead_letters", NodesTable: "other_nodes",
+		ProjectionsTable: "shop.projections"})
 	require.NoError(t, err)
-	require.Len(t, applied, 2)
+	require.Equal(t, versions(t, 0), applied)
+	var n int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM shop.projections`).Scan(&n))
 }
 
 func TestInvalidNames(t *testing.T) {
@@ -153,6 +191,7 @@ func TestInvalidNames(t *testing.T) {
 		{DeadLettersTable: "a.b.c"},
 		{MigrationsTable: "0abc"},
 		{NodesTable: "no-des"},
+		{ProjectionsTable: "pro jections"},
 	} {
 		_, err := migrations.SQL(bad)
 		require.ErrorIs(t, err, sqlname.ErrInvalidName)
@@ -162,3 +201,136 @@ func TestInvalidNames(t *testing.T) {
 }
 
 func itoa(k int64) string { return strconv.FormatInt(k, 10) }
+
+// A database migrated before the lifecycle records (0004) keeps what its checkpoints' state
+// column said: which layout serves, the change in progress, the operator's pause.
+func TestUpgradeToLifecycleRecords(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewEmptyDatabase(t)
+	cfg := migrations.DefaultConfig()
+	files, err := migrations.Files(cfg)
+	require.NoError(t, err)
+
+	// The schema as it was: the migrations before 0004, recorded as Apply records them.
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		_, err := db.Pool.Exec(ctx, sql, args...)
+		require.NoError(t, err)
+	}
+	exec(`CREATE TABLE eventline_migrations (events_table text NOT NULL, version integer NOT NULL, name text NOT NULL,
+		applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (events_table, version))`)
+	var old []int
+	for _, m := range files {
+		if m.Version >= 4 {
+			continue
+		}
+		exec(m.SQL)
+		exec(`INSERT INTO eventline_migrations (events_table, version, name) VALUES ('events', $1, $2)`, m.Version, m.Name)
+		old = append(old, m.Version)
+	}
+	require.Equal(t, versions(t, 4), old)
+
+	// Rows in the old style.
+	exec(`INSERT INTO events (event_id, aggregate_type, aggregate_id, aggregate_version, event_type, payload)
+		SELECT gen_random_uuid(), 'order', 'o-' || (g % 3), g, 'Placed', '\x'::bytea FROM generate_series(1, 10) g`)
+	exec(`INSERT INTO eventline_checkpoints (projection, version, partitions, partition, position, state, stop_at,
+			last_error, failed_position, rebuild_requested) VALUES
+		-- resize: v1/2 drains to 9 while v1/4 waits to start from there.
+		('resize', 1, 2, 0, 7, 'running', 9, NULL, NULL, false),
+		('resize', 1, 2, 1, 9, 'running', 9, NULL, NULL, false),
+		('resize', 1, 4, 0, 9, 'waiting', NULL, NULL, NULL, false),
+		('resize', 1, 4, 1, 9, 'waiting', NULL, NULL, NULL, false),
+		('resize', 1, 4, 2, 9, 'waiting', NULL, NULL, NULL, false),
+		('resize', 1, 4, 3, 9, 'waiting', NULL, NULL, NULL, false),
+		-- held: paused by an operator while its partition count changed.
+		('held', 1, 1, 0, 4, 'paused', 6, NULL, NULL, false),
+		('held', 1, 3, 0, 6, 'waiting', NULL, NULL, NULL, false),
+		('held', 1, 3, 1, 6, 'waiting', NULL, NULL, NULL, false),
+		('held', 1, 3, 2, 6, 'waiting', NULL, NULL, NULL, false),
+		-- paused: paused by an operator.
+		('paused', 1, 1, 0, 5, 'paused', NULL, NULL, NULL, false),
+		-- upgraded: v2 took over from v1.
+		('upgraded', 1, 1, 0, 10, 'retired', NULL, NULL, NULL, false),
+		('upgraded', 2, 1, 0, 10, 'running', NULL, NULL, NULL, false),
+		-- building: v2 replays beside v1.
+		('building', 1, 1, 0, 10, 'running', NULL, NULL, NULL, false),
+		('building', 2, 1, 0, 3, 'building', NULL, NULL, NULL, false),
+		-- stopped: a handler failed on the event at 6.
+		('stopped', 1, 1, 0, 5, 'stopped', NULL, 'boom', 6, false)`)
+	exec(`INSERT INTO eventline_dead_letters (projection, version, partitions, partition, global_position, event_id, error) VALUES
+		('resize', 1, 2, 1, 4, gen_random_uuid(), 'bad'),
+		('resize', 1, 2, 0, 99, gen_random_uuid(), 'event gone')`)
+
+	applied, err := migrations.Apply(ctx, db.Pool, cfg)
+	require.NoError(t, err)
+	require.Equal(t, versions(t, 0)[len(old):], applied)
+	require.Contains(t, applied, 4)
+
+	lc := lifecycle.New(sqlname.MustParse(cfg.ProjectionsTable), sqlname.MustParse(cfg.CheckpointsTable),
+		sqlname.MustParse(cfg.DeadLettersTable))
+	type record struct {
+		Active, Target lifecycle.Layout
+		Mode           lifecycle.Mode
+		Barrier        int64
+		Paused         bool
+	}
+	want := map[string]record{
+		"building": {Active: lifecycle.Layout{Version: 1, Partitions: 1}, Target: lifecycle.Layout{Version: 2, Partitions: 1},
+			Mode: lifecycle.Build, Barrier: -1},
+		"held": {Active: lifecycle.Layout{Version: 1, Partitions: 1}, Target: lifecycle.Layout{Version: 1, Partitions: 3},
+			Mode: lifecycle.Switch, Barrier: 6, Paused: true},
+		"paused": {Active: lifecycle.Layout{Version: 1, Partitions: 1}, Barrier: -1, Paused: true},
+		"resize": {Active: lifecycle.Layout{Version: 1, Partitions: 2}, Target: lifecycle.Layout{Version: 1, Partitions: 4},
+			Mode: lifecycle.Switch, Barrier: 9},
+		"stopped":  {Active: lifecycle.Layout{Version: 1, Partitions: 1}, Barrier: -1},
+		"upgraded": {Active: lifecycle.Layout{Version: 2, Partitions: 1}, Barrier: -1},
+	}
+	var count int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM eventline_projections`).Scan(&count))
+	require.Equal(t, len(want), count)
+	for name, w := range want {
+		r, err := lc.Get(ctx, db.Pool, name)
+		require.NoError(t, err)
+		require.Equal(t, w, record{r.Active, r.Target, r.Mode, r.Barrier, r.Paused}, name)
+		require.False(t, r.RebuildPending(), name)
+	}
+
+	// The rows of the layouts that serve stay, with their positions and failures; the retired
+	// version's go.
+	rows, err := db.Pool.Query(ctx, `SELECT projection || '@' || version || '#' || partition || '/' || partitions || ':' || position
+		|| coalesce(' failed at ' || failed_position || ': ' || last_error, '')
+		FROM eventline_checkpoints ORDER BY projection, version, partitions, partition`)
+	require.NoError(t, err)
+	cps, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{
+		"building@1#0/1:10", "building@2#0/1:3",
+		"held@1#0/1:4", "held@1#0/3:6", "held@1#1/3:6", "held@1#2/3:6",
+		"paused@1#0/1:5",
+		"resize@1#0/2:7", "resize@1#1/2:9", "resize@1#0/4:9", "resize@1#1/4:9", "resize@1#2/4:9", "resize@1#3/4:9",
+		"stopped@1#0/1:5 failed at 6: boom",
+		"upgraded@2#0/1:10",
+	}, cps)
+	rows, err = db.Pool.Query(ctx, `SELECT column_name FROM information_schema.columns
+		WHERE table_name = 'eventline_checkpoints' AND column_name IN ('state', 'stop_at', 'rebuild_requested')`)
+	require.NoError(t, err)
+	gone, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Empty(t, gone)
+
+	// Dead letters carry their event's aggregate; one whose event is gone is dropped.
+	rows, err = db.Pool.Query(ctx, `SELECT projection || '@' || version || ':' || global_position || ' ' || aggregate_type
+		|| '/' || aggregate_id FROM eventline_dead_letters ORDER BY id`)
+	require.NoError(t, err)
+	dls, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{"resize@1:4 order/o-1"}, dls)
+
+	// And the upgraded schema is the one a new database gets.
+	checkSchema(t, readSchema(t, db))
+	require.Equal(t, readColumnsAndIndexes(t, pgtest.NewDatabase(t)), readColumnsAndIndexes(t, db))
+	applied, err = migrations.Apply(ctx, db.Pool, cfg)
+	require.NoError(t, err)
+	require.Empty(t, applied)
+}

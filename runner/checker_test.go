@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/eventline/eventline/internal/lifecycle"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -15,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/projector"
@@ -309,36 +309,25 @@ func TestPartitionCountChangedUnderLoad(t *testing.T) {
 		if t.Failed() {
 			sts, _ := rNew.Checkpoints().Projection(context.Background(), h.db.Pool, "reshard", false)
 			for _, cp := range sts {
-				t.Logf("checkpoint %s: position %d, state %s, stop at %d, owner %s", cp.Key, cp.Position, cp.State, cp.StopAt, cp.Owner)
+				t.Logf("checkpoint %s: position %d, failed at %d, owner %s", cp.Key, cp.Position, cp.FailedPosition, cp.Owner)
 			}
+			t.Logf("record: %+v", h.record("reshard"))
 		}
-	})
-	h.waitFor("the old partitions to have a barrier", func() bool {
-		sts, err := rNew.Checkpoints().Projection(ctx, h.db.Pool, "reshard", false)
-		require.NoError(t, err)
-		for _, cp := range sts {
-			if cp.Partitions == 2 && cp.StopAt >= 0 {
-				return true
-			}
-		}
-		return false
 	})
 	h.waitFor("more progress", func() bool { return wl.commits.Load() > 120 })
-	stopOld() // the new process drains the old partitions by itself
+	// While a process declaring 2 partitions lives, the count does not change: the new process
+	// serves the active layout (2 partitions) too.
+	require.Equal(t, lifecycle.Layout{Version: 1, Partitions: 2}, h.record("reshard").Active)
+	require.False(t, h.record("reshard").HasTarget())
+	stopOld() // now every live process declares 4: the switch starts, the new process drains the old partitions by itself
+	h.waitFor("the old partitions to have a barrier", func() bool {
+		rec := h.record("reshard")
+		return rec.Barrier >= 0 || rec.Active.Partitions == 4
+	})
 	require.NoError(t, <-done)
 	h.waitFor("the switch to 4 partitions", func() bool {
-		sts, err := rNew.Checkpoints().Projection(ctx, h.db.Pool, "reshard", false)
-		require.NoError(t, err)
-		running := 0
-		for _, cp := range sts {
-			if cp.Partitions == 4 && cp.State == checkpoint.Running {
-				running++
-			}
-			if cp.Partitions == 2 && cp.State != checkpoint.Retired {
-				return false
-			}
-		}
-		return running == 4
+		rec := h.record("reshard")
+		return rec.Active.Partitions == 4 && !rec.HasTarget()
 	})
 	// More events after the switch go to the new partitions.
 	wl.txPerWrite = 10

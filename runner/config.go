@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/migrations"
 )
 
 // Defaults of Config.
@@ -17,6 +18,7 @@ const (
 	HorizonMinGapDefault   = time.Millisecond
 	ReconnectDelayDefault  = time.Second
 	ShutdownTimeoutDefault = 10 * time.Second
+	ShutdownGraceDefault   = 5 * time.Second
 	RetryMinDefault        = 50 * time.Millisecond
 	RetryMaxDefault        = 5 * time.Second
 	PageCacheDefault       = 64
@@ -37,6 +39,9 @@ type Config struct {
 	DeadLettersTable string
 	// NodesTable lists live runner processes. Defaults to "eventline_nodes".
 	NodesTable string
+	// ProjectionsTable holds the projections' lifecycle records. Defaults to
+	// "eventline_projections".
+	ProjectionsTable string
 	// NotifyChannel is LISTENed on for wake-ups. Defaults to the store's notify channel; with
 	// none, the runner polls every PollInterval.
 	NotifyChannel string
@@ -60,6 +65,16 @@ type Config struct {
 	// ShutdownTimeout is how long Run lets the batches in flight finish after its context ends;
 	// then they are cancelled (rolled back). Defaults to 10s.
 	ShutdownTimeout time.Duration
+	// ShutdownGrace is how much longer Run waits for a handler that ignores its cancelled
+	// context; then it terminates the handler's database session (its transaction and row locks
+	// go) and returns ErrStuck naming the unit, leaving the handler's goroutine behind.
+	// Defaults to 5s.
+	ShutdownGrace time.Duration
+	// BatchTimeout bounds one batch: its context is cancelled after it, and the server ends the
+	// batch's transaction too (statement_timeout and idle_in_transaction_session_timeout, set
+	// for that transaction only), so that a hung handler cannot keep the checkpoint row locked.
+	// The batch is then retried like any transient failure. Defaults to 0: no limit.
+	BatchTimeout time.Duration
 	// RetryMin and RetryMax bound the exponential backoff after transient errors. Default to
 	// 50ms and 5s.
 	RetryMin, RetryMax time.Duration
@@ -139,12 +154,22 @@ func (c Config) withDefaults(storeChannel string) Config {
 	setDur(&c.HorizonMinGap, HorizonMinGapDefault)
 	setDur(&c.ReconnectDelay, ReconnectDelayDefault)
 	setDur(&c.ShutdownTimeout, ShutdownTimeoutDefault)
+	setDur(&c.ShutdownGrace, ShutdownGraceDefault)
 	setDur(&c.RetryMin, RetryMinDefault)
 	setDur(&c.RetryMax, RetryMaxDefault)
 	setDur(&c.PersistIdle, PersistIdleDefault)
 	setDur(&c.HeartbeatInterval, HeartbeatDefault)
 	setDur(&c.Lease, LeaseDefault)
 	setDur(&c.NodeTimeout, NodeTimeoutDefault)
+	setStr := func(v *string, d string) {
+		if *v == "" {
+			*v = d
+		}
+	}
+	setStr(&c.CheckpointsTable, migrations.CheckpointsTableDefault)
+	setStr(&c.DeadLettersTable, migrations.DeadLettersTableDefault)
+	setStr(&c.NodesTable, migrations.NodesTableDefault)
+	setStr(&c.ProjectionsTable, migrations.ProjectionsTableDefault)
 	if c.ControlChannel == "" {
 		c.ControlChannel = ControlChannelDefault
 	}
@@ -163,6 +188,8 @@ func (c Config) validate() error {
 		{"HorizonMinGap", c.HorizonMinGap < 0},
 		{"ReconnectDelay", c.ReconnectDelay < 0},
 		{"ShutdownTimeout", c.ShutdownTimeout < 0},
+		{"ShutdownGrace", c.ShutdownGrace < 0},
+		{"BatchTimeout", c.BatchTimeout < 0},
 		{"RetryMin", c.RetryMin < 0},
 		{"RetryMax", c.RetryMax < c.RetryMin},
 		{"PersistIdle", c.PersistIdle < 0},
@@ -183,7 +210,9 @@ type FailurePolicy int
 const (
 	// Stop the projection at the event before the failing one; Status shows why. The default.
 	Stop FailurePolicy = iota
-	// DeadLetter parks the failing event in the dead-letter table and goes on.
+	// DeadLetter parks the failing event in the dead-letter table and goes on. The later events
+	// of the same aggregate are parked behind it (unless WithSequencedDeadLetters(false)), so
+	// that a retry applies them in order.
 	DeadLetter
 )
 
@@ -200,6 +229,15 @@ type Option func(*options)
 type options struct {
 	policy        FailurePolicy
 	replayHistory bool
+	sequenced     bool
+}
+
+// WithSequencedDeadLetters sets whether, under the DeadLetter policy, the later events of an
+// aggregate with a parked event are parked behind it (true, the default), so that the
+// aggregate's events are applied in order even through a poison event; or handled as they come
+// (false), in which case a retried dead letter is applied after later events of its aggregate.
+func WithSequencedDeadLetters(on bool) Option {
+	return func(o *options) { o.sequenced = on }
 }
 
 // WithReplayHistory makes a new version of a detached handler start from position 0 like a

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/lifecycle"
 )
 
 func TestJoinHooks(t *testing.T) {
@@ -30,7 +31,13 @@ func TestAssignIsEvenAndRespectsWhatNodesHave(t *testing.T) {
 		specs = append(specs, unitSpec("p"+string(rune('a'+i)), 1, 1))
 	}
 	nodes := []checkpoint.Node{{ID: "n1", Projections: specs}, {ID: "n2", Projections: specs}, {ID: "n3", Projections: append(specs, unitSpec("only3", 1, 2))}}
-	got := assign(nodes)
+	var records []lifecycle.Record
+	for i := 0; i < 20; i++ {
+		records = append(records, lifecycle.Record{Projection: "p" + string(rune('a'+i)), Active: lifecycle.Layout{Version: 1, Partitions: 1}})
+	}
+	records = append(records, lifecycle.Record{Projection: "only3", Active: lifecycle.Layout{Version: 1, Partitions: 2}},
+		lifecycle.Record{Projection: "nobody", Active: lifecycle.Layout{Version: 1, Partitions: 1}})
+	got := assign(nodes, records)
 	load := map[string]int{}
 	for k, n := range got {
 		load[n]++
@@ -43,5 +50,5 @@ func TestAssignIsEvenAndRespectsWhatNodesHave(t *testing.T) {
 		require.LessOrEqual(t, load[n], 8)
 		require.GreaterOrEqual(t, load[n], 7)
 	}
-	require.Equal(t, got, assign(nodes), "deterministic")
+	require.Equal(t, got, assign(nodes, records), "deterministic")
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/runner"
 )
@@ -48,7 +47,7 @@ func TestHandlerFailureStopPolicy(t *testing.T) {
 
 			h.waitFor("the healthy projection to finish and the failing one to stop", func() bool {
 				return len(appliedPositions(t, h.db.Pool, "healthy")) == 40 &&
-					stateOf(t, r, "failing").State == checkpoint.Stopped
+					stateOf(t, r, "failing").State == "stopped"
 			})
 			require.Equal(t, positions[:26], appliedPositions(t, h.db.Pool, "failing"), "stops at the event before the failing one")
 			st := stateOf(t, r, "failing")
@@ -86,7 +85,7 @@ func TestHandlerFailureDeadLetterPolicy(t *testing.T) {
 	cfg.BatchSize = 8
 	r, err := runner.New(h.db.Pool, h.store, cfg)
 	require.NoError(t, err)
-	require.NoError(t, r.Register(rec, runner.WithFailurePolicy(runner.DeadLetter)))
+	require.NoError(t, r.Register(rec, runner.WithFailurePolicy(runner.DeadLetter), runner.WithSequencedDeadLetters(false)))
 	h.run(r)
 	h.waitFor("everything but the parked events", func() bool { return len(appliedPositions(t, h.db.Pool, "dl")) == 28 })
 	var want []int64
@@ -102,7 +101,7 @@ func TestHandlerFailureDeadLetterPolicy(t *testing.T) {
 	require.Equal(t, positions[3], dead[0].GlobalPosition)
 	require.Equal(t, positions[17], dead[1].GlobalPosition)
 	require.Contains(t, dead[0].Error, "boom")
-	require.Equal(t, checkpoint.Running, stateOf(t, r, "dl").State)
+	require.Equal(t, "running", stateOf(t, r, "dl").State)
 }
 
 // Transient errors (here a serialization failure raised by the handler's SQL) are retried as is:

@@ -18,7 +18,10 @@ import (
 	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
+	"github.com/eventline/eventline/internal/sqlname"
+	"github.com/eventline/eventline/migrations"
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
 )
@@ -248,3 +251,23 @@ func events(aggType, id string, n int) []eventstore.Event {
 }
 
 var errBoom = errors.New("boom")
+
+// lc returns a lifecycle store on the default tables, to read records and act as the CLI does.
+func (h *harness) lc() *lifecycle.Store {
+	return lifecycle.New(sqlname.MustParse(migrations.ProjectionsTableDefault), sqlname.MustParse(migrations.CheckpointsTableDefault),
+		sqlname.MustParse(migrations.DeadLettersTableDefault))
+}
+
+// record reads a projection's lifecycle record.
+func (h *harness) record(name string) lifecycle.Record {
+	h.t.Helper()
+	rec, err := h.lc().Get(context.Background(), h.db.Pool, name)
+	require.NoError(h.t, err)
+	return rec
+}
+
+// inTx runs f in a transaction and requires it to succeed.
+func (h *harness) inTx(f func(tx pgx.Tx) error) {
+	h.t.Helper()
+	require.NoError(h.t, pgx.BeginFunc(context.Background(), h.db.Pool, f))
+}

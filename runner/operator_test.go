@@ -1,12 +1,12 @@
 package runner_test
 
 import (
+	"github.com/jackc/pgx/v5"
 	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/runner"
 )
@@ -46,23 +46,18 @@ func TestOperatorRequests(t *testing.T) {
 
 	// Pause, then resume: the events appended meanwhile are applied after the resume. (That a
 	// paused checkpoint cannot move is checked in package checkpoint.)
-	_, err = cps.SetState(ctx, h.db.Pool, "ops", checkpoint.Paused)
-	require.NoError(t, err)
-	h.waitFor("the runner to see the pause", func() bool { return stateOf(t, r, "ops").State == checkpoint.Paused })
+	h.inTx(func(tx pgx.Tx) error { return h.lc().Pause(ctx, tx, "ops") })
+	h.waitFor("the runner to see the pause", func() bool { return stateOf(t, r, "ops").State == "paused" })
 	more := h.appendMany(ctx, 2)
-	_, err = cps.SetState(ctx, h.db.Pool, "ops", checkpoint.Running)
-	require.NoError(t, err)
+	h.inTx(func(tx pgx.Tx) error { return h.lc().Resume(ctx, tx, "ops") })
 	h.waitFor("the events appended while paused", func() bool { return len(appliedPositions(t, h.db.Pool, "ops")) == 8 })
 
 	// Rebuild: the read model is emptied and replayed from position 0.
-	_, err = cps.RequestRebuild(ctx, h.db.Pool, "ops")
-	require.NoError(t, err)
+	h.inTx(func(tx pgx.Tx) error { return h.lc().RequestRebuild(ctx, tx, "ops") })
 	want := append(append([]int64(nil), positions...), more...)
 	h.waitFor("the rebuild", func() bool {
 		got := appliedPositions(t, h.db.Pool, "ops")
-		cp, err := cps.Get(ctx, h.db.Pool, checkpoint.Key{Projection: "ops"})
-		require.NoError(t, err)
-		return !cp.RebuildRequested && len(got) == len(want) && got[0] == want[0] && got[2] == want[2]
+		return !h.record("ops").RebuildPending() && len(got) == len(want) && got[0] == want[0] && got[2] == want[2]
 	})
 	require.Equal(t, want, appliedPositions(t, h.db.Pool, "ops"), "replayed in order after the reset")
 }

@@ -1,7 +1,7 @@
 // Package runner keeps projections up to date from the events table: it wakes on notifications
 // (and polls), reads pages of events without ever skipping one that commits late (the horizon of
-// DESIGN.md section 4), and hands each batch to the projection inside the transaction that moves
-// its checkpoint forward with a compare-and-set.
+// docs/design.md, "The gap problem"), and hands each batch to the projection inside the
+// transaction that moves its checkpoint forward with a compare-and-set.
 //
 //	r, err := runner.New(pool, store, runner.Config{Logger: logger})
 //	r.Register(balances)                               // a projector.Projection
@@ -12,12 +12,22 @@
 // their partitions) through leases in the checkpoint rows, move the work of a process that dies
 // within about Config.Lease, and hand it over at once on a graceful stop. A process that lost its
 // lease cannot commit, since the checkpoint compare-and-set includes the owner.
+//
+// Each projection has a lifecycle record (docs/design.md, "Projection lifecycle"): which version
+// and partition count serve, any change in progress, the operator's pause and rebuild requests.
+// Deploying a new version builds it beside the active one and cuts over once it has caught up;
+// deploying a new partition count drains the old partitions to a barrier and starts the new ones
+// from it, once every live process of the version declares the new count. Rolling back is normal:
+// a process with an older version idles (Status says why); a process with another partition
+// count runs the layout the record names.
 package runner
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +41,7 @@ import (
 	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/horizon"
+	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/projector"
 )
@@ -45,7 +56,17 @@ var (
 	ErrUnknownProjection = errors.New("runner: unknown projection")
 	// ErrDetachedRebuild: a detached handler is not rebuilt, since that would repeat its side
 	// effects for the whole history.
-	ErrDetachedRebuild = errors.New("runner: detached handlers are not rebuilt (it would repeat their side effects)")
+	ErrDetachedRebuild = lifecycle.ErrDetachedRebuild
+	// ErrNotResettable: a projection without Reset (projector.Resetter) cannot be rebuilt: the
+	// replay would apply every event a second time onto its read model.
+	ErrNotResettable = lifecycle.ErrNotResettable
+	// ErrWrongVersion: the projection runs a version this process does not have (Rebuild on a
+	// process still running a retired version).
+	ErrWrongVersion = lifecycle.ErrWrongVersion
+	// ErrStuck: Run gave up waiting for a handler that ignored its context past ShutdownTimeout
+	// plus ShutdownGrace. Its database session was terminated, so its transaction and the
+	// checkpoint row lock are gone; its goroutine is left behind.
+	ErrStuck = errors.New("runner: a handler did not return after the shutdown timeout")
 )
 
 // Runner runs projections. Create it with New, Register projections, then Run.
@@ -55,10 +76,13 @@ type Runner struct {
 	cfg   Config
 	log   *zap.Logger
 	cps   *checkpoint.Store
+	lc    *lifecycle.Store
 
 	mu      sync.Mutex
-	workers []*worker
-	byName  map[string][]*worker
+	regs    []*registration
+	byName  map[string]*registration
+	workers map[checkpoint.Key]*worker
+	nodes   []checkpoint.Node // the live processes as last read
 	started bool
 	tracker *horizon.Tracker
 	wake    *broadcast
@@ -85,9 +109,17 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 			return nil, fmt.Errorf("runner config: %w", err)
 		}
 	}
-	cps, err := checkpoint.New(checkpoint.Config{Table: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable, NodesTable: cfg.NodesTable})
+	cps, err := checkpoint.New(checkpoint.Config{Table: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable,
+		NodesTable: cfg.NodesTable, ProjectionsTable: cfg.ProjectionsTable})
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
+	}
+	names := map[string]sqlname.Name{}
+	for what, v := range map[string]string{"projections table": cfg.ProjectionsTable, "checkpoints table": cfg.CheckpointsTable,
+		"dead letters table": cfg.DeadLettersTable} {
+		if names[what], err = sqlname.Parse(what, v); err != nil {
+			return nil, fmt.Errorf("runner config: %w", err)
+		}
 	}
 	ev := store.EventsTable().Quoted()
 	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageCache)
@@ -98,7 +130,9 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 		cfg:     cfg,
 		log:     cfg.Logger.Named("runner"),
 		cps:     cps,
-		byName:  map[string][]*worker{},
+		lc:      lifecycle.New(names["projections table"], names["checkpoints table"], names["dead letters table"]),
+		byName:  map[string]*registration{},
+		workers: map[checkpoint.Key]*worker{},
 		wake:    newBroadcast(),
 		pages:   pages,
 		nodeID:  newNodeID(),
@@ -134,7 +168,7 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 	if name == "" {
 		return errors.New("runner: projection name is empty")
 	}
-	var o options
+	o := options{sequenced: true}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -146,12 +180,11 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 	if _, dup := r.byName[name]; dup {
 		return fmt.Errorf("register %q: %w", name, ErrDuplicateName)
 	}
-	var f projector.Filter
 	var impl any = p
 	if p == nil {
 		impl = d
 	}
-	f, _ = impl.(projector.Filter)
+	f, _ := impl.(projector.Filter)
 	version := 1
 	if v, ok := impl.(projector.Versioned); ok {
 		version = v.Version()
@@ -166,19 +199,31 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 			return fmt.Errorf("register %q: %d partitions; want 1 to 1024", name, parts)
 		}
 	}
-	proto := &worker{proj: p, detached: d, match: projector.NewMatcher(f), policy: o.policy, replay: o.replayHistory}
-	for part := 0; part < parts; part++ {
-		w := r.newWorker(proto, checkpoint.Key{Projection: name, Version: version, Partitions: parts, Partition: part})
-		r.workers = append(r.workers, w)
-		r.byName[name] = append(r.byName[name], w)
+	_, resettable := impl.(projector.Resetter)
+	g := &registration{
+		r:    r,
+		name: name,
+		code: lifecycle.Code{Layout: lifecycle.Layout{Version: version, Partitions: parts},
+			Detached: d != nil, Resettable: resettable && d == nil, Replay: o.replayHistory},
+		proj:      p,
+		detached:  d,
+		match:     projector.NewMatcher(f),
+		policy:    o.policy,
+		sequenced: o.policy == DeadLetter && o.sequenced,
+		log:       r.log.With(zap.String("projection", name), zap.Int("version", version)),
+		wake:      make(chan struct{}, 1),
 	}
+	r.regs = append(r.regs, g)
+	r.byName[name] = g
 	return nil
 }
 
 // Run checks the events table, sets up the projections and runs them until ctx ends. Then it lets
-// the batches in flight finish (for at most ShutdownTimeout, after which they are rolled back),
-// waits for every goroutine it started, and returns nil. It returns an error when the start-up
-// checks fail (missing trigger, sequence cache) or a projection's Setup fails.
+// the batches in flight finish (for at most ShutdownTimeout, after which they are cancelled and
+// rolled back), waits for every goroutine it started, and returns nil. A handler that ignores its
+// context is given ShutdownGrace more; then its database session is terminated (so that its
+// checkpoint row lock dies with it) and Run returns ErrStuck naming it. Run returns an error when
+// the start-up checks fail (missing trigger, sequence cache) or a projection's Setup fails.
 func (r *Runner) Run(ctx context.Context) error {
 	r.mu.Lock()
 	if r.started {
@@ -186,10 +231,10 @@ func (r *Runner) Run(ctx context.Context) error {
 		return ErrAlreadyRunning
 	}
 	r.started = true
-	workers := append([]*worker(nil), r.workers...)
+	regs := slices.Clone(r.regs)
 	r.mu.Unlock()
 
-	tracker, err := r.start(ctx, workers)
+	tracker, err := r.start(ctx, regs)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
@@ -213,7 +258,6 @@ func (r *Runner) Run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	r.pages.start(gctx)
-	defer r.pages.wait()
 	g.Go(func() error {
 		return tracker.Run(gctx, r.cfg.HorizonInterval, r.cfg.HorizonMinGap, func(err error) {
 			r.log.Warn("horizon refresh failed", zap.Error(err))
@@ -244,63 +288,81 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 		}
 	})
+	for _, reg := range regs {
+		g.Go(func() error {
+			reg.manage(gctx)
+			return nil
+		})
+	}
 	c := &coordinator{r: r, hardCtx: hardCtx, wake: r.control}
 	g.Go(func() error { return c.coordinate(gctx) })
-	err = g.Wait()
-	tracker.Close(context.Background())
+
+	done := make(chan error, 1)
+	go func() {
+		err := g.Wait()
+		r.pages.wait()
+		tracker.Close(context.Background())
+		done <- err
+	}()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		grace := time.NewTimer(r.cfg.ShutdownTimeout + r.cfg.ShutdownGrace)
+		defer grace.Stop()
+		select {
+		case err = <-done:
+		case <-grace.C:
+			return r.abandonStuck()
+		}
+	}
 	cancelHard()
 	r.log.Info("runner stopped")
 	return err
 }
 
-// addDrainWorkers adds workers for an old set of partitions of w's projection, so that this
-// process can drain them to their barrier while the partition count changes. Called during start.
-func (r *Runner) addDrainWorkers(w *worker, parts int) {
+// abandonStuck terminates the database sessions of the batches still in flight after the
+// shutdown grace period (their transactions roll back and their row locks go) and returns
+// ErrStuck naming their units.
+func (r *Runner) abandonStuck() error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, o := range r.workers {
-		if o.key.Projection == w.key.Projection && o.key.Version == w.key.Version && o.parts == parts {
-			return // added already
-		}
-	}
-	for part := 0; part < parts; part++ {
-		key := w.key
-		key.Partitions, key.Partition = parts, part
-		r.workers = append(r.workers, r.newWorker(w, key))
-	}
-}
-
-// newWorker returns a worker for key that runs proto's projection with proto's options.
-func (r *Runner) newWorker(proto *worker, key checkpoint.Key) *worker {
-	log := r.log.With(zap.String("projection", key.Projection), zap.Int("partition", key.Partition))
-	if key.Partitions > 1 {
-		log = log.With(zap.Int("partitions", key.Partitions))
-	}
-	return &worker{
-		r: r, key: key, parts: key.Partitions,
-		proj: proto.proj, detached: proto.detached, match: proto.match, policy: proto.policy, replay: proto.replay,
-		log:    log,
-		state:  checkpoint.Running,
-		stopAt: -1,
-		reload: make(chan struct{}, 1),
-	}
-}
-
-// reloadAll makes every worker of a projection (all partitions, also those draining) re-read its
-// checkpoint, and wakes them.
-func (r *Runner) reloadAll(projection string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	var stuck []string
+	var pids []uint32
 	for _, w := range r.workers {
-		if w.key.Projection == projection {
-			w.requestReload()
+		w.mu.Lock()
+		if w.batchPID != 0 {
+			stuck = append(stuck, fmt.Sprintf("%s (batch running for %s)", w.key, time.Since(w.batchAt).Round(time.Millisecond)))
+			pids = append(pids, w.batchPID)
+		}
+		w.mu.Unlock()
+	}
+	r.mu.Unlock()
+	slices.Sort(stuck)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if len(pids) > 0 {
+		conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+		if err == nil {
+			for _, pid := range pids {
+				if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend($1)`, int64(pid)); err != nil {
+					r.log.Warn("terminating a stuck batch failed", zap.Uint32("pid", pid), zap.Error(err))
+				}
+			}
+			_ = conn.Close(ctx)
+		} else {
+			r.log.Warn("terminating stuck batches: connect failed", zap.Error(err))
 		}
 	}
-	r.wake.Signal()
+	if len(stuck) == 0 {
+		stuck = append(stuck, "no batch in flight; a hook or handler outside a batch")
+	}
+	err := fmt.Errorf("%w: %s", ErrStuck, strings.Join(stuck, ", "))
+	r.log.Error("runner gave up waiting", zap.Error(err))
+	return err
 }
 
-// start runs the start-up checks, the first horizon tick and the projections' setup.
-func (r *Runner) start(ctx context.Context, workers []*worker) (*horizon.Tracker, error) {
+// start runs the start-up checks, the first horizon tick, and each projection's deploy
+// transition and Setup.
+func (r *Runner) start(ctx context.Context, regs []*registration) (*horizon.Tracker, error) {
 	seq, err := horizon.Check(ctx, r.pool, r.store.EventsTable())
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
@@ -313,15 +375,56 @@ func (r *Runner) start(ctx context.Context, workers []*worker) (*horizon.Tracker
 		tracker.Close(context.Background())
 		return nil, fmt.Errorf("runner: %w", err)
 	}
+	nodes, err := r.cps.Nodes(ctx, r.pool, r.cfg.NodeTimeout)
+	if err != nil {
+		tracker.Close(context.Background())
+		return nil, fmt.Errorf("runner: %w", err)
+	}
 	r.mu.Lock()
-	r.tracker = tracker
+	r.tracker, r.nodes = tracker, nodes
 	r.mu.Unlock()
-	for _, w := range workers {
-		if err := w.setup(ctx); err != nil {
+	for _, g := range regs {
+		if err := g.setup(ctx, r.declared(g.name, g.code.Version)); err != nil {
+			tracker.Close(context.Background())
 			return nil, err
 		}
 	}
 	return tracker, nil
+}
+
+// declared returns the partition counts that the live processes running version of projection
+// declare, this one included.
+func (r *Runner) declared(projection string, version int) []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []int
+	if g := r.byName[projection]; g != nil && g.code.Version == version {
+		out = append(out, g.code.Partitions)
+	}
+	for _, n := range r.nodes {
+		if n.ID == r.nodeID {
+			continue
+		}
+		for _, spec := range n.Projections {
+			if name, v, parts, ok := parseUnitSpec(spec); ok && name == projection && v == version {
+				out = append(out, parts)
+			}
+		}
+	}
+	return out
+}
+
+// reloadProjection makes every worker of a projection re-read its checkpoint and record, and
+// wakes them.
+func (r *Runner) reloadProjection(projection string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, w := range r.workers {
+		if k.Projection == projection {
+			w.requestReload()
+		}
+	}
+	r.wake.Signal()
 }
 
 // listen wakes the projections on every notification and after every (re)connect.
@@ -348,13 +451,14 @@ func (r *Runner) listen(ctx context.Context) error {
 	return nil
 }
 
-// controlHandler wakes the coordinator when another process joins or leaves, and after the
-// listener (re)connects.
+// controlHandler wakes the coordinator and the projection managers when another process joins,
+// leaves or changes a lifecycle, and after the listener (re)connects.
 type controlHandler struct{ r *Runner }
 
 func (h controlHandler) HandleNotification(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
 	if n.Payload != h.r.nodeID {
 		h.r.wakeCoordinator()
+		h.r.wakeManagers()
 	}
 	return nil
 }
@@ -374,6 +478,14 @@ func (r *Runner) wakeCoordinator() {
 	select {
 	case r.control <- struct{}{}:
 	default:
+	}
+}
+
+func (r *Runner) wakeManagers() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, g := range r.regs {
+		g.wakeManager()
 	}
 }
 
@@ -398,59 +510,79 @@ func (h wakeHandler) HandleBacklog(_ context.Context, _ string, conn *pgx.Conn) 
 // after committing, instead of (or besides) a notify channel.
 func (r *Runner) Wake() { r.wake.Signal() }
 
-// Rebuild empties a projection's read model (its Reset, if it has one) and moves its checkpoint
-// back to 0, in one transaction; the runner then replays it from the start. It also clears a
-// stopped state.
-func (r *Runner) Rebuild(ctx context.Context, name string) error {
+func (r *Runner) registration(op, name string) (*registration, error) {
 	r.mu.Lock()
-	ws, ok := r.byName[name]
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	g, ok := r.byName[name]
 	if !ok {
-		return fmt.Errorf("rebuild %q: %w", name, ErrUnknownProjection)
+		return nil, fmt.Errorf("%s %q: %w", op, name, ErrUnknownProjection)
 	}
-	if ws[0].detached != nil {
+	return g, nil
+}
+
+// Rebuild empties the active version's read model (its Reset) and moves every unit of it back to
+// 0, in one transaction that waits for the batches in flight and also clears failures and the
+// version's dead letters; the runner then replays it from the start. It refuses a detached
+// handler (ErrDetachedRebuild), a projection without Reset (ErrNotResettable), and a process
+// whose version is not the active one (ErrWrongVersion). A pending partition change completes
+// at once; a pause stays.
+func (r *Runner) Rebuild(ctx context.Context, name string) error {
+	g, err := r.registration("rebuild", name)
+	if err != nil {
+		return err
+	}
+	if g.code.Detached {
 		return fmt.Errorf("rebuild %q: %w", name, ErrDetachedRebuild)
 	}
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		for _, w := range ws {
-			if err := r.cps.Ensure(ctx, tx, w.key, 0, checkpoint.Running); err != nil {
-				return err
-			}
-			if _, err := r.cps.Load(ctx, tx, w.key); err != nil {
-				return err
-			}
-		}
-		if rs, ok := ws[0].proj.(projector.Resetter); ok {
-			if err := rs.Reset(ctx, tx); err != nil {
-				return fmt.Errorf("reset read model: %w", err)
-			}
-		}
-		for _, w := range ws {
-			if err := r.cps.Reset(ctx, tx, w.key, 0); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("rebuild %q: %w", name, err)
+	if g.resetter() == nil {
+		return fmt.Errorf("rebuild %q: %w", name, ErrNotResettable)
 	}
-	r.reloadAll(name)
+	if err := g.rebuild(ctx, false); err != nil {
+		return err
+	}
+	r.notifyControl(ctx)
 	return nil
 }
 
-// Resume clears a stopped or paused projection's state so that it runs again from its
-// checkpoint (the failing event is retried).
+// Pause stops every unit of the projection (all versions and partitions) from applying events,
+// until Resume; it survives cut-overs, partition switches and rebuilds. It returns once no batch
+// of the projection is in flight any more.
+func (r *Runner) Pause(ctx context.Context, name string) error {
+	g, err := r.registration("pause", name)
+	if err != nil {
+		return err
+	}
+	if _, err := g.transition(ctx, "pause", func(tx pgx.Tx) (string, error) {
+		return "paused", r.lc.Pause(ctx, tx, name)
+	}); err != nil {
+		return err
+	}
+	if err := r.lc.WaitIdle(ctx, r.pool, name); err != nil {
+		return err
+	}
+	if err := g.refresh(ctx); err != nil {
+		return err
+	}
+	r.notifyControl(ctx)
+	return nil
+}
+
+// Resume clears the pause and every unit's failure, so that the projection runs again from its
+// checkpoints (a failed event is tried again).
 func (r *Runner) Resume(ctx context.Context, name string) error {
-	r.mu.Lock()
-	_, ok := r.byName[name]
-	r.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("resume %q: %w", name, ErrUnknownProjection)
+	g, err := r.registration("resume", name)
+	if err != nil {
+		return err
 	}
-	if _, err := r.cps.SetState(ctx, r.pool, name, checkpoint.Running); err != nil {
-		return fmt.Errorf("resume %q: %w", name, err)
+	if _, err := g.transition(ctx, "resume", func(tx pgx.Tx) (string, error) {
+		return "resumed", r.lc.Resume(ctx, tx, name)
+	}); err != nil {
+		return err
 	}
-	r.reloadAll(name)
+	if err := g.refresh(ctx); err != nil {
+		return err
+	}
+	r.reloadProjection(name)
+	r.notifyControl(ctx)
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -11,8 +12,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/migrations"
 )
 
@@ -37,6 +41,7 @@ also migrate a database set up from it with 'eventline migrate'.`)
 		CheckpointsTable:    a.g.checkpoints,
 		DeadLettersTable:    a.g.deadLetters,
 		NodesTable:          a.g.nodes,
+		ProjectionsTable:    a.g.projections,
 		MigrationsTable:     *migs,
 	}
 	files, err := migrations.Files(cfg) // validates the names before anything else
@@ -74,9 +79,9 @@ also migrate a database set up from it with 'eventline migrate'.`)
 	return nil
 }
 
-// withStore connects and runs f with the checkpoint store of the global flags.
+// withStore connects and runs f with the stores of the global flags.
 func (a *app) withStore(ctx context.Context, cmd string, f func(db *dbConn) error) error {
-	events, cps, err := a.tables()
+	db, err := a.tables()
 	if err != nil {
 		return err
 	}
@@ -85,58 +90,157 @@ func (a *app) withStore(ctx context.Context, cmd string, f func(db *dbConn) erro
 		return err
 	}
 	defer pool.Close()
-	return f(&dbConn{pool: pool, cps: cps, events: events})
+	db.pool = pool
+	return f(db)
+}
+
+// projectionArg parses c's arguments: one projection name.
+func (a *app) projectionArg(c *command, args []string) (string, error) {
+	if err := a.parse(c, args, "projection name"); err != nil {
+		return "", err
+	}
+	name := c.Arg(0)
+	if name == "" {
+		return "", usageErrorf(c.name, "%s: empty projection name", c.name)
+	}
+	return name, nil
+}
+
+// refused is the error of a lifecycle transition that failed: the lifecycle's own sentinel
+// errors (no such projection, a rebuild that cannot be carried out) read best without the
+// lifecycle's wrapping, as "rebuild NAME: <why>".
+func refused(verb, name string, err error) error {
+	for _, e := range []error{lifecycle.ErrNotFound, lifecycle.ErrDetachedRebuild, lifecycle.ErrNotResettable} {
+		if errors.Is(err, e) {
+			return fmt.Errorf("%s %s: %w", verb, name, e)
+		}
+	}
+	return fmt.Errorf("%s %s: %w", verb, name, err)
 }
 
 func (a *app) cmdRebuild(ctx context.Context, args []string) error {
 	c := a.newCommand("rebuild", "NAME",
-		`Asks for projection NAME to be rebuilt: the runner process that owns it resets its read model
-and replays it from position 0. Every version and partition of NAME that is running, stopped or
-paused is marked; a version being built beside it, and retired versions, are left alone. The
-request waits in the checkpoints table until a runner with the projection picks it up.`)
-	if err := a.parse(c, args, "projection name"); err != nil {
+		`Asks for projection NAME to be rebuilt: a runner process with the code of its active version
+empties the read model (the projection's Reset) once and replays every event from position 0.
+The request is recorded in the projection's lifecycle record and carried out once, however many
+times it is made before a runner picks it up. When it is carried out, the active version is
+rebuilt; a pending partition change completes at once (everything starts from 0 anyway); a build
+of a newer version beside it goes on; the dead letters of the active version are cleared.
+
+It is refused (exit 1) for a detached handler, which would repeat its side effects for the whole
+history, and for a projection without Reset, which would apply every event a second time onto
+its read model.`)
+	name, err := a.projectionArg(c, args)
+	if err != nil {
 		return err
 	}
-	name := c.Arg(0)
-	if name == "" {
-		return usageErrorf(c.name, "%s: empty projection name", c.name)
-	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
-		n, err := db.cps.RequestRebuild(ctx, db.pool, name)
-		if err != nil {
+		var r lifecycle.Record
+		err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+			if err := db.lc.RequestRebuild(ctx, tx, name); err != nil {
+				return err
+			}
+			r, err = db.lc.Get(ctx, tx, name)
 			return err
+		})
+		if err != nil {
+			return refused("rebuild", name, err)
 		}
-		fmt.Fprintf(a.stdout, "rebuild of %s requested (%s marked)\n", name, plural(n, "checkpoint"))
-		fmt.Fprintln(a.stdout, "the runner that owns it will reset its read model and replay it from position 0")
+		fmt.Fprintf(a.stdout, "rebuild of %s %s requested\n", name, r.Active)
+		if r.RebuildRequested-1 > r.Rebuilds {
+			fmt.Fprintln(a.stdout, "a request was already pending: they are carried out once")
+		}
+		fmt.Fprintf(a.stdout, "a runner with the code of version %d will empty the read model once and replay it from position 0\n",
+			r.Active.Version)
+		switch {
+		case r.HasTarget() && r.Mode == lifecycle.Switch:
+			fmt.Fprintf(a.stdout, "the pending change to %s completes at once\n", r.Target)
+		case r.HasTarget():
+			fmt.Fprintf(a.stdout, "the build of %s goes on\n", r.Target)
+		}
+		if r.Paused {
+			fmt.Fprintf(a.stdout, "%s is paused: it replays nothing until 'eventline resume %s'\n", name, name)
+		}
 		return nil
 	})
 }
 
-func (a *app) cmdSetState(ctx context.Context, name string, state checkpoint.State, args []string) error {
-	desc := `Pauses projection NAME: its runner stops applying events to every version and partition of it
-that is running or stopped, until 'eventline resume NAME'. Building and retired versions are
-left alone.`
-	done := "paused"
-	if state == checkpoint.Running {
-		desc = `Resumes projection NAME: every version and partition of it that is paused or stopped runs
-again. A stopped one forgets its error and retries the event that stopped it. Building and
-retired versions are left alone.`
-		done = "resumed"
-	}
-	c := a.newCommand(name, "NAME", desc)
-	if err := a.parse(c, args, "projection name"); err != nil {
+func (a *app) cmdPause(ctx context.Context, args []string) error {
+	c := a.newCommand("pause", "NAME",
+		`Pauses projection NAME: no version or partition of it applies events until 'eventline resume
+NAME'. The pause is recorded in the projection's lifecycle record and survives version cut-overs,
+partition changes and rebuilds. It then waits (up to 10s) for the batches already in flight,
+whose commit the pause cannot stop; if one is still running after that, it says so.`)
+	name, err := a.projectionArg(c, args)
+	if err != nil {
 		return err
 	}
-	proj := c.Arg(0)
-	if proj == "" {
-		return usageErrorf(c.name, "%s: empty projection name", c.name)
+	return a.withStore(ctx, c.name, func(db *dbConn) error {
+		if err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error { return db.lc.Pause(ctx, tx, name) }); err != nil {
+			return refused("pause", name, err)
+		}
+		idle, err := a.waitIdle(ctx, db, name)
+		if err != nil {
+			return fmt.Errorf("paused %s, but %w", name, err)
+		}
+		if !idle {
+			fmt.Fprintf(a.stdout, "paused %s, but a batch is still in flight after %s: it may still commit\n", name, a.idleWait)
+			return nil
+		}
+		fmt.Fprintf(a.stdout, "paused %s\n", name)
+		return nil
+	})
+}
+
+// waitIdle waits, up to a.idleWait, until no batch of projection name is in flight. It reports
+// false when the wait ran out.
+func (a *app) waitIdle(ctx context.Context, db *dbConn, name string) (bool, error) {
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`,
+			strconv.FormatInt(max(1, a.idleWait.Milliseconds()), 10)); err != nil {
+			return fmt.Errorf("set the wait for the batches of %q: %w", name, err)
+		}
+		return db.lc.WaitIdle(ctx, tx, name)
+	})
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == "57014" && ctx.Err() == nil { // query_canceled
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (a *app) cmdResume(ctx context.Context, args []string) error {
+	c := a.newCommand("resume", "NAME",
+		`Resumes projection NAME: it clears the operator's pause and the failure of every version and
+partition a handler failure stopped; those retry the event that failed. Resuming a projection
+that is neither paused nor stopped changes nothing.`)
+	name, err := a.projectionArg(c, args)
+	if err != nil {
+		return err
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
-		n, err := db.cps.SetState(ctx, db.pool, proj, state)
+		var stopped int
+		err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+			// Only read (no lock), so as not to lock a checkpoint row before the record.
+			cps, err := db.cps.Projection(ctx, tx, name, false)
+			if err != nil {
+				return err
+			}
+			for _, cp := range cps {
+				if cp.Stopped() {
+					stopped++
+				}
+			}
+			return db.lc.Resume(ctx, tx, name)
+		})
 		if err != nil {
-			return err
+			return refused("resume", name, err)
 		}
-		fmt.Fprintf(a.stdout, "%s %s (%s)\n", done, proj, plural(n, "checkpoint"))
+		if stopped > 0 {
+			fmt.Fprintf(a.stdout, "resumed %s (failure cleared on %s: the failed event is tried again)\n",
+				name, plural(stopped, "checkpoint"))
+			return nil
+		}
+		fmt.Fprintf(a.stdout, "resumed %s\n", name)
 		return nil
 	})
 }
@@ -147,8 +251,10 @@ const deadLettersUsage = `Usage:
   eventline dead-letters discard ID
 
 Dead letters are the events that projections with the park policy set aside because their
-handler failed. list shows them; retry asks the runner that owns the projection to run the
-handler on the event again (the dead letter goes away when that works); discard deletes one.
+handler failed, and the later events of the same aggregate parked behind them. They belong to a
+version of a projection, not to a partition. list shows them; retry asks the runner that owns
+the event's aggregate to run the handler on it again (the dead letter goes away when that works);
+discard deletes one.
 
 Run 'eventline dead-letters COMMAND --help' for a command's flags.
 `
@@ -176,9 +282,13 @@ type deadLetterJSON struct {
 	ID             int64     `json:"id"`
 	Projection     string    `json:"projection"`
 	Version        int       `json:"version"`
-	Partition      int       `json:"partition"`
 	GlobalPosition int64     `json:"global_position"`
 	EventID        uuid.UUID `json:"event_id"`
+	AggregateType  string    `json:"aggregate_type"`
+	AggregateID    string    `json:"aggregate_id"`
+	// BlockedBy is the position of the earlier parked event of the same aggregate this one is
+	// parked behind; 0 when none.
+	BlockedBy      int64     `json:"blocked_by"`
 	Error          string    `json:"error"`
 	Attempts       int       `json:"attempts"`
 	RetryRequested bool      `json:"retry_requested"`
@@ -187,8 +297,10 @@ type deadLetterJSON struct {
 
 func (a *app) cmdDeadLettersList(ctx context.Context, args []string) error {
 	c := a.newCommand("dead-letters list", "[--projection NAME] [--json]",
-		`Lists the parked events, by projection, version, partition and position. ERROR is cut to 60
-characters; --json prints them in full, as an array of objects.`)
+		`Lists the parked events, by projection, version and position, with the aggregate each belongs
+to. BLOCKED BY is the position of the earlier parked event of the same aggregate that the event
+waits behind ("-" when it failed itself). ERROR is cut to 60 characters; --json prints them in
+full, as an array of objects.`)
 	proj := c.String("projection", "", "show only this projection's dead letters (`NAME`)")
 	asJSON := c.Bool("json", false, "print JSON")
 	if err := a.parse(c, args); err != nil {
@@ -203,9 +315,9 @@ characters; --json prints them in full, as an array of objects.`)
 			out := make([]deadLetterJSON, 0, len(dls))
 			for _, d := range dls {
 				out = append(out, deadLetterJSON{
-					ID: d.ID, Projection: d.Key.Projection, Version: d.Key.Version, Partition: d.Key.Partition,
-					GlobalPosition: d.GlobalPosition, EventID: d.EventID, Error: d.Error, Attempts: d.Attempts,
-					RetryRequested: d.RetryRequested, CreatedAt: d.CreatedAt.UTC(),
+					ID: d.ID, Projection: d.Projection, Version: d.Version, GlobalPosition: d.GlobalPosition,
+					EventID: d.EventID, AggregateType: d.AggregateType, AggregateID: d.AggregateID, BlockedBy: d.BlockedBy,
+					Error: d.Error, Attempts: d.Attempts, RetryRequested: d.RetryRequested, CreatedAt: d.CreatedAt.UTC(),
 				})
 			}
 			return writeJSON(a.stdout, out, true)
@@ -215,24 +327,37 @@ characters; --json prints them in full, as an array of objects.`)
 			return nil
 		}
 		tw := newTable(a.stdout)
-		row(tw, "ID", "PROJECTION", "VERSION", "PARTITION", "POSITION", "EVENT ID", "ATTEMPTS", "RETRY", "CREATED", "ERROR")
+		row(tw, "ID", "PROJECTION", "VERSION", "POSITION", "AGGREGATE", "EVENT ID", "BLOCKED BY", "ATTEMPTS", "RETRY", "CREATED", "ERROR")
 		for _, d := range dls {
-			retry := "-"
+			retry, blocked := "-", "-"
 			if d.RetryRequested {
 				retry = "requested"
 			}
-			row(tw, strconv.FormatInt(d.ID, 10), d.Key.Projection, strconv.Itoa(d.Key.Version), strconv.Itoa(d.Key.Partition),
-				strconv.FormatInt(d.GlobalPosition, 10), d.EventID.String(), strconv.Itoa(d.Attempts), retry,
+			if d.BlockedBy > 0 {
+				blocked = strconv.FormatInt(d.BlockedBy, 10)
+			}
+			row(tw, strconv.FormatInt(d.ID, 10), d.Projection, strconv.Itoa(d.Version), strconv.FormatInt(d.GlobalPosition, 10),
+				d.AggregateType+"/"+d.AggregateID, d.EventID.String(), blocked, strconv.Itoa(d.Attempts), retry,
 				d.CreatedAt.UTC().Format(time.RFC3339), cell(truncate(d.Error, errorWidth)))
 		}
 		return tw.Flush()
 	})
 }
 
+// notFoundError prints as its message alone and is the not-found error it wraps (exit code 3).
+type notFoundError struct {
+	msg string
+	err error
+}
+
+func (e *notFoundError) Error() string { return e.msg }
+func (e *notFoundError) Unwrap() error { return e.err }
+
 func (a *app) cmdDeadLetterAct(ctx context.Context, verb string, args []string) error {
-	desc := `Asks the runner that owns the dead letter's projection to run the handler on its event again.
-When that works, the dead letter is deleted; when it fails again, it stays parked with its
-attempts counted. ID is the ID that 'eventline dead-letters list' shows.`
+	desc := `Asks the runner that owns the dead letter's aggregate (in the projection's current partition
+layout) to run the handler on its event again, and then on the later parked events of the same
+aggregate, in order. When that works, the dead letter is deleted; when it fails again, it stays
+parked with its attempts counted. ID is the ID that 'eventline dead-letters list' shows.`
 	if verb == "discard" {
 		desc = `Deletes dead letter ID: its event is never applied to that projection. ID is the ID that
 'eventline dead-letters list' shows.`
@@ -247,16 +372,21 @@ attempts counted. ID is the ID that 'eventline dead-letters list' shows.`
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
 		if verb == "discard" {
-			if err := db.cps.DeleteDeadLetter(ctx, db.pool, id); err != nil {
-				return err
-			}
+			err = db.cps.DeleteDeadLetter(ctx, db.pool, id)
+		} else {
+			err = db.cps.RequestRetry(ctx, db.pool, id)
+		}
+		if errors.Is(err, checkpoint.ErrNotFound) {
+			return &notFoundError{msg: fmt.Sprintf("dead letter %d not found", id), err: err}
+		}
+		if err != nil {
+			return err
+		}
+		if verb == "discard" {
 			fmt.Fprintf(a.stdout, "dead letter %d discarded\n", id)
 			return nil
 		}
-		if err := db.cps.RequestRetry(ctx, db.pool, id); err != nil {
-			return err
-		}
-		fmt.Fprintf(a.stdout, "retry of dead letter %d requested; the runner that owns its projection will run the handler on it again\n", id)
+		fmt.Fprintf(a.stdout, "retry of dead letter %d requested; the runner that owns its aggregate will run the handler on it again\n", id)
 		return nil
 	})
 }

@@ -1,7 +1,8 @@
 // Command eventline is the operator CLI of eventline: it migrates the schema, shows what every
 // projection is doing, and asks the runner processes to pause, resume or rebuild projections and
-// to retry or discard parked events. It talks to PostgreSQL only; the runners pick the requests up
-// from their tables.
+// to retry or discard parked events. It talks to PostgreSQL only: pause, resume and rebuild are
+// transitions of the projection's lifecycle record (one row per projection in the projections
+// table), taken in one transaction under the record's lock; the runners follow the record.
 //
 // Usage:
 //
@@ -11,9 +12,9 @@
 //
 //	migrate [--print]                         create or upgrade the tables
 //	status [--watch] [--interval 2s] [--json] projections, lag and live runner processes
-//	rebuild NAME                              reset a projection and replay it from position 0
+//	rebuild NAME                              empty a projection's read model and replay it from 0
 //	pause NAME                                stop applying events to a projection
-//	resume NAME                               apply events again (also clears a stop)
+//	resume NAME                               apply events again (also clears failures)
 //	dead-letters list [--projection NAME] [--json]
 //	dead-letters retry ID                     run the handler on a parked event again
 //	dead-letters discard ID                   delete a parked event
@@ -32,27 +33,61 @@
 //	--checkpoints-table NAME  defaults to "eventline_checkpoints"
 //	--dead-letters-table NAME defaults to "eventline_dead_letters"
 //	--nodes-table NAME        defaults to "eventline_nodes"
+//	--projections-table NAME  defaults to "eventline_projections" (the lifecycle records)
 //
 // Table names are plain identifiers, optionally schema-qualified ("app.events"). migrate also
 // takes --aggregate-heads-table and --migrations-table, which only it uses. Flags may be written
 // with one dash or two.
 //
+// # Pause, resume, rebuild
+//
+// pause sets the projection's pause: no version or partition of it applies anything until
+// resume. The pause survives version cut-overs, partition changes and rebuilds. A batch whose
+// checkpoint compare-and-set ran before the pause may still commit, so pause then waits, up to
+// 10s, until no batch of the projection is in flight; if one still is, it prints "paused NAME,
+// but a batch is still in flight ..." and exits 0 all the same.
+//
+// resume clears the pause and the failure of every checkpoint a handler failure stopped (those
+// retry the event that failed), and the record's last error.
+//
+// rebuild records a rebuild request; a runner process with the code of the active version
+// carries it out once (however many requests are pending): it empties the read model with the
+// projection's Reset and replays the active version from position 0, clearing that version's
+// failures and dead letters. A partition change in progress completes at once; a build of a
+// newer version beside it goes on. rebuild refuses, with exit code 1, a detached handler (it
+// would repeat its side effects) and a projection without Reset (it would apply every event a
+// second time); a runner that cannot carry a request out clears it and says why in the record's
+// last error, which status shows.
+//
 // # Status
 //
 // status prints one row per checkpoint (each version and partition of each projection):
 //
-//	PROJECTION  VERSION  PARTITION  OWNER   POSITION  HEAD  LAG  LAG(S)  STATE    LAST ERROR
-//	orders      1        -          node-a  4         10    6    60.0    running  -
+//	PROJECTION  VERSION  PARTITION  OWNER   POSITION  HEAD  LAG  LAG(S)  ROLE      STATE     LAST ERROR
+//	orders      1        -          node-a  4         10    6    60.0    active    running   -
+//	search      3        -          -       3         10    7    70.0    building  building  -
 //
 // HEAD is the highest global position in the events table, LAG is HEAD-POSITION (positions, so
 // holes left by rolled-back appends count), LAG(S) the age in seconds of the oldest event the
 // projection has not applied yet (0 when caught up). PARTITION is k/P for partition k of a
 // projection split in P, "-" when it is not partitioned. OWNER is the runner process holding a
-// live lease on it, "-" when none does. LAST ERROR is cut to 60 characters; for a stopped
-// projection it starts with the position of the event that failed. Ages are measured with the
-// database's clock, so the machine running the CLI need not agree with it.
+// live lease on it, "-" when none does. ROLE is what the checkpoint's layout (version and
+// partition count) is to its projection: active (it serves), building (a newer version
+// replaying from 0 beside the active one, which it replaces once caught up) or waiting (a new
+// layout waiting for the active one to drain to the barrier). STATE is paused (the operator's
+// pause, for every row of the projection), stopped (a handler failed on this checkpoint), else
+// running for the active layout and the role for the others. LAST ERROR is cut to 60
+// characters; for a stopped checkpoint it starts with the position of the event that failed.
+// Ages are measured with the database's clock, so the machine running the CLI need not agree
+// with it. Everything is read in one snapshot (a read-only repeatable-read transaction).
 //
-// After the table comes the list of live runner processes (those that sent a heartbeat within
+// Then comes a line for each projection with something to say about its lifecycle record:
+//
+//	search: paused; building v3/1 beside v2/2 (v2/2 stops at 10 for the cut-over); rebuild pending
+//	orders: switching from v1/1 to v1/4 at 4
+//	totals: last error: rebuild request refused: ...
+//
+// After that comes the list of live runner processes (those that sent a heartbeat within
 // the last 10s): node id, host, pid, heartbeat age and the projections it has registered.
 //
 // With --json, status prints one object instead, with snake_case keys and the full errors:
@@ -64,8 +99,13 @@
 //	                   "owner" (holder of a live lease, "" when none),
 //	                   "lease_owner", "lease_until" (the last lease, live or expired; "" and
 //	                   null when there is none), "position", "head", "lag", "lag_seconds",
-//	                   "state", "last_error", "failed_position", "rebuild_requested",
-//	                   "updated_at"}, ...],
+//	                   "role", "state", "last_error", "failed_position", "updated_at"}, ...],
+//	  "lifecycle": [{"projection", "active_version", "active_partitions",
+//	                 "target_version", "target_partitions", "target_mode" ("build" or
+//	                 "switch"; 0, 0 and "" when no change is in progress),
+//	                 "barrier" (null when none), "paused", "rebuild_pending",
+//	                 "rebuild_requests", "rebuilds", "detached", "resettable",
+//	                 "last_error", "updated_at"}, ...],
 //	  "nodes": [{"id", "hostname", "pid", "projections", "started_at", "heartbeat_at",
 //	             "heartbeat_age_seconds"}, ...]
 //	}
@@ -78,21 +118,27 @@
 // # Dead letters
 //
 // dead-letters list prints the events that projections with the park policy set aside, oldest
-// position first per projection, with --projection to show one projection's; --json prints an
-// array of objects ("id", "projection", "version", "partition", "global_position", "event_id",
-// "error", "attempts", "retry_requested", "created_at"). retry asks the runner owning the
-// projection to run the handler on the event again (it deletes the dead letter when that works);
-// discard deletes it.
+// position first per projection and version, with --projection to show one projection's. Dead
+// letters belong to a version of a projection, not to a partition, and carry the event's
+// aggregate; BLOCKED BY is the position of the earlier parked event of the same aggregate an
+// event was parked behind (its handler was not run), "-" for one that failed itself. --json
+// prints an array of objects ("id", "projection", "version", "global_position", "event_id",
+// "aggregate_type", "aggregate_id", "blocked_by" (0 when none), "error", "attempts",
+// "retry_requested", "created_at"). retry asks the runner that owns the event's aggregate to run
+// the handler on it again, then on the events parked behind it (it deletes the dead letter when
+// that works); discard deletes it. An unknown ID prints "dead letter N not found" (exit code 3).
 //
 // # Exit codes
 //
 // Scripts can rely on these:
 //
 //	0  success (also --help, and status --watch ended by Ctrl-C)
-//	1  operational error: database unreachable, SQL error (for example tables not migrated)
+//	1  operational error: database unreachable, SQL error (for example tables not migrated);
+//	   or a refused request: rebuild of a detached handler or of a projection without Reset
 //	2  usage error: unknown command, bad flag, missing or extra argument, invalid table name,
 //	   no database URL
-//	3  not found: no such projection (rebuild, pause, resume) or dead letter (retry, discard)
+//	3  not found: no such projection (rebuild, pause, resume: no runner has registered it yet)
+//	   or dead letter (retry, discard)
 //
 // Errors go to stderr as "eventline: <message>".
 package main

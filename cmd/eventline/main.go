@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/migrations"
 )
@@ -30,6 +31,9 @@ const (
 
 // connectTimeoutDefault bounds connecting when the URL sets no connect_timeout.
 const connectTimeoutDefault = 10 * time.Second
+
+// idleWaitDefault bounds how long pause waits for the batches in flight.
+const idleWaitDefault = 10 * time.Second
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -51,12 +55,15 @@ type app struct {
 	terminal bool
 	// now, when set, replaces the database's clock for ages and lease expiry (tests).
 	now func() time.Time
+	// idleWait bounds how long pause waits for the batches in flight.
+	idleWait time.Duration
 
 	g globals
 }
 
 func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
-	return &app{stdout: stdout, stderr: stderr, getenv: getenv, terminal: isTerminal(stdout), g: defaultGlobals()}
+	return &app{stdout: stdout, stderr: stderr, getenv: getenv, terminal: isTerminal(stdout), idleWait: idleWaitDefault,
+		g: defaultGlobals()}
 }
 
 func isTerminal(w io.Writer) bool {
@@ -75,6 +82,7 @@ type globals struct {
 	checkpoints string
 	deadLetters string
 	nodes       string
+	projections string
 }
 
 func defaultGlobals() globals {
@@ -83,11 +91,13 @@ func defaultGlobals() globals {
 		checkpoints: migrations.CheckpointsTableDefault,
 		deadLetters: migrations.DeadLettersTableDefault,
 		nodes:       migrations.NodesTableDefault,
+		projections: migrations.ProjectionsTableDefault,
 	}
 }
 
 var globalFlagNames = map[string]bool{
 	"database-url": true, "events-table": true, "checkpoints-table": true, "dead-letters-table": true, "nodes-table": true,
+	"projections-table": true,
 }
 
 // register adds the global flags to fs, starting from their current values, so that they can be
@@ -99,6 +109,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.checkpoints, "checkpoints-table", g.checkpoints, "checkpoints table `name`")
 	fs.StringVar(&g.deadLetters, "dead-letters-table", g.deadLetters, "dead letters table `name`")
 	fs.StringVar(&g.nodes, "nodes-table", g.nodes, "runner nodes table `name`")
+	fs.StringVar(&g.projections, "projections-table", g.projections, "projection lifecycle records table `name`")
 }
 
 // usageError is a mistake on the command line: exit code 2.
@@ -138,7 +149,7 @@ func (a *app) report(err error) int {
 	switch {
 	case errors.Is(err, sqlname.ErrInvalidName):
 		return exitUsage
-	case errors.Is(err, checkpoint.ErrNotFound):
+	case errors.Is(err, checkpoint.ErrNotFound), errors.Is(err, lifecycle.ErrNotFound):
 		return exitNotFound
 	}
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == "42P01" { // undefined_table
@@ -155,9 +166,9 @@ Usage:
 Commands:
   migrate [--print]                          create or upgrade the tables
   status [--watch] [--interval 2s] [--json]  projections, lag and live runner processes
-  rebuild NAME                               reset a projection and replay it from position 0
+  rebuild NAME                               empty a projection's read model and replay it from 0
   pause NAME                                 stop applying events to a projection
-  resume NAME                                apply events to a projection again
+  resume NAME                                apply events to a projection again (clears failures)
   dead-letters list [--projection NAME] [--json]
                                              list parked events
   dead-letters retry ID                      run the handler on a parked event again
@@ -172,7 +183,8 @@ Global flags (before the command, or after it but before its arguments):
 const exitCodesHelp = `
 Exit codes:
   0  success
-  1  operational error (database unreachable, SQL error)
+  1  operational error (database unreachable, SQL error) or refused request (rebuild of a
+     detached handler or of a projection without Reset)
   2  usage error (unknown command, bad flag, missing argument, invalid table name, no database URL)
   3  not found (unknown projection or dead letter)
 `
@@ -212,9 +224,9 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 	case "rebuild":
 		return a.cmdRebuild(ctx, rest)
 	case "pause":
-		return a.cmdSetState(ctx, "pause", checkpoint.Paused, rest)
+		return a.cmdPause(ctx, rest)
 	case "resume":
-		return a.cmdSetState(ctx, "resume", checkpoint.Running, rest)
+		return a.cmdResume(ctx, rest)
 	case "dead-letters":
 		return a.cmdDeadLetters(ctx, rest)
 	case "help":
@@ -326,19 +338,32 @@ func (a *app) databaseURL(cmd string) (string, error) {
 	return "", usageErrorf(cmd, "no database: set --database-url or DATABASE_URL")
 }
 
-// tables validates the table names of the global flags.
-func (a *app) tables() (events sqlname.Name, cps *checkpoint.Store, err error) {
-	events, err = sqlname.Parse("events table", a.g.events)
+// tables validates the table names of the global flags and returns the stores on them (without
+// a connection).
+func (a *app) tables() (*dbConn, error) {
+	events, err := sqlname.Parse("events table", a.g.events)
 	if err != nil {
-		return sqlname.Name{}, nil, err
+		return nil, err
 	}
-	cps, err = checkpoint.New(checkpoint.Config{
+	cps, err := checkpoint.New(checkpoint.Config{
 		Table: a.g.checkpoints, DeadLettersTable: a.g.deadLetters, NodesTable: a.g.nodes,
+		ProjectionsTable: a.g.projections,
 	})
 	if err != nil {
-		return sqlname.Name{}, nil, err
+		return nil, err
 	}
-	return events, cps, nil
+	// The same names checkpoint.New validated; lifecycle.New takes them parsed.
+	var lc [3]sqlname.Name
+	for i, f := range []struct{ what, val string }{
+		{"projections table", a.g.projections},
+		{"checkpoints table", a.g.checkpoints},
+		{"dead letters table", a.g.deadLetters},
+	} {
+		if lc[i], err = sqlname.Parse(f.what, f.val); err != nil {
+			return nil, err
+		}
+	}
+	return &dbConn{events: events, cps: cps, lc: lifecycle.New(lc[0], lc[1], lc[2])}, nil
 }
 
 // connect opens a small pool on the database and checks that it answers. The caller closes it.

@@ -21,7 +21,10 @@ import (
 	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
+	"github.com/eventline/eventline/internal/sqlname"
+	"github.com/eventline/eventline/migrations"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden with the current output")
@@ -82,10 +85,11 @@ var timestampRE = regexp.MustCompile(`"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"`
 // normalizeTimes replaces the JSON timestamps, which the database sets.
 func normalizeTimes(s string) string { return timestampRE.ReplaceAllString(s, `"<time>"`) }
 
-// fixture is a database with events, checkpoints in every state, dead letters and live nodes.
+// fixture is a database with events, projections in every state, dead letters and live nodes.
 type fixture struct {
 	db  *pgtest.Database
 	cps *checkpoint.Store
+	lc  *lifecycle.Store
 	// now is the clock the CLI is given: event i (position i, 1..10) was created 10*(11-i)s
 	// before it.
 	now    time.Time
@@ -94,10 +98,25 @@ type fixture struct {
 
 const longError = "apply Placed to totals: ERROR: duplicate key value violates unique constraint \"totals_pkey\" (SQLSTATE 23505)\n\tat totals.go:42"
 
+func newLifecycle(t *testing.T) *lifecycle.Store {
+	t.Helper()
+	return lifecycle.New(sqlname.MustParse(migrations.ProjectionsTableDefault),
+		sqlname.MustParse(migrations.CheckpointsTableDefault), sqlname.MustParse(migrations.DeadLettersTableDefault))
+}
+
+// newFixture creates:
+//   - orders v1: running at 4 (lag 6), owned by node-a, resettable; dead letters 1 and 2 (2 was
+//     parked twice, which used up ID 3);
+//   - search v2 in two partitions, resettable: one caught up and owned by node-b, one at 8
+//     whose owner's lease ran out; dead letters 4 and 5 (5 parked behind 4); and v3 building
+//     beside it, at 3;
+//   - totals v1: stopped by the event at 7, not resettable;
+//   - mailer v1: a detached handler, paused, caught up;
+//   - two live runner processes.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := t.Context()
-	f := &fixture{db: pgtest.NewDatabase(t), now: time.Now().UTC().Truncate(time.Second)}
+	f := &fixture{db: pgtest.NewDatabase(t), now: time.Now().UTC().Truncate(time.Second), lc: newLifecycle(t)}
 	db := f.db.Pool
 	var err error
 	f.cps, err = checkpoint.New(checkpoint.Config{})
@@ -118,41 +137,48 @@ func newFixture(t *testing.T) *fixture {
 		f.events = append(f.events, eventstore.PersistedEvent{Event: ev, GlobalPosition: int64(i + 1), AggregateVersion: int64(i + 1)})
 	}
 
-	// orders: running with lag, owned by node-a.
 	orders := checkpoint.Key{Projection: "orders"}
-	require.NoError(t, f.cps.Ensure(ctx, db, orders, 4, checkpoint.Running))
+	f.deploy(t, "orders", lifecycle.Code{Layout: lifecycle.Layout{Version: 1, Partitions: 1}, Resettable: true}, 1)
+	f.setPosition(t, orders, 4)
 	claim(t, f.cps, db, orders, "node-a")
-	// search v2 in two partitions: one caught up and owned, one whose owner's lease ran out.
+
 	search0 := checkpoint.Key{Projection: "search", Version: 2, Partitions: 2, Partition: 0}
 	search1 := checkpoint.Key{Projection: "search", Version: 2, Partitions: 2, Partition: 1}
-	require.NoError(t, f.cps.Ensure(ctx, db, search0, 10, checkpoint.Running))
-	require.NoError(t, f.cps.Ensure(ctx, db, search1, 8, checkpoint.Running))
+	f.deploy(t, "search", lifecycle.Code{Layout: lifecycle.Layout{Version: 2, Partitions: 2}, Resettable: true}, 2)
+	f.setPosition(t, search0, 10)
+	f.setPosition(t, search1, 8)
 	claim(t, f.cps, db, search0, "node-b")
 	claim(t, f.cps, db, search1, "node-gone")
 	_, err = db.Exec(ctx, `UPDATE eventline_checkpoints SET lease_until = now() - interval '1 minute' WHERE owner = 'node-gone'`)
 	require.NoError(t, err)
-	// totals: stopped at the event at position 7.
+	f.deploy(t, "search", lifecycle.Code{Layout: lifecycle.Layout{Version: 3, Partitions: 1}, Resettable: true}, 1)
+	f.setPosition(t, checkpoint.Key{Projection: "search", Version: 3}, 3)
+
 	totals := checkpoint.Key{Projection: "totals"}
-	require.NoError(t, f.cps.Ensure(ctx, db, totals, 6, checkpoint.Running))
+	f.deploy(t, "totals", lifecycle.Code{Layout: lifecycle.Layout{Version: 1, Partitions: 1}}, 1)
+	f.setPosition(t, totals, 6)
 	require.NoError(t, pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		return f.cps.Stop(ctx, tx, totals, 6, 6, 7, longError)
 	}))
-	// mailer: paused, caught up.
-	require.NoError(t, f.cps.Ensure(ctx, db, checkpoint.Key{Projection: "mailer"}, 10, checkpoint.Paused))
 
-	// Dead letters 1 and 2 for orders (2 parked twice, which uses up ID 3), 4 for search partition 1.
+	f.deploy(t, "mailer", lifecycle.Code{Layout: lifecycle.Layout{Version: 1, Partitions: 1}, Detached: true}, 1)
+	f.setPosition(t, checkpoint.Key{Projection: "mailer"}, 10)
+	require.NoError(t, pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error { return f.lc.Pause(ctx, tx, "mailer") }))
+
 	require.NoError(t, pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		for _, p := range []struct {
-			key checkpoint.Key
-			pos int
-			err string
+			key       checkpoint.Key
+			pos       int
+			err       string
+			blockedBy int64
 		}{
-			{orders, 2, "payment service: 503 Service Unavailable"},
-			{orders, 3, "first failure"},
-			{orders, 3, "customer not found: " + longError},
-			{search1, 5, "index write failed"},
+			{orders, 2, "payment service: 503 Service Unavailable", 0},
+			{orders, 3, "first failure", 0},
+			{orders, 3, "customer not found: " + longError, 0},
+			{search1, 5, "index write failed", 0},
+			{search1, 6, "parked behind the event at 5", 5},
 		} {
-			if err := f.cps.Park(ctx, tx, p.key, f.events[p.pos-1], p.err); err != nil {
+			if err := f.cps.Park(ctx, tx, p.key, &f.events[p.pos-1], p.err, p.blockedBy); err != nil {
 				return err
 			}
 		}
@@ -161,12 +187,41 @@ func newFixture(t *testing.T) *fixture {
 	_, err = db.Exec(ctx, `UPDATE eventline_dead_letters SET created_at = '2026-01-02T03:04:05Z'::timestamptz + id * interval '1 minute'`)
 	require.NoError(t, err)
 
-	// Two live runner processes.
 	require.NoError(t, f.cps.Heartbeat(ctx, db, checkpoint.Node{ID: "node-a", Hostname: "host-a", PID: 101, Projections: []string{"orders@1", "totals@1"}}))
-	require.NoError(t, f.cps.Heartbeat(ctx, db, checkpoint.Node{ID: "node-b", Hostname: "host-b", PID: 202, Projections: []string{"search@2"}}))
+	require.NoError(t, f.cps.Heartbeat(ctx, db, checkpoint.Node{ID: "node-b", Hostname: "host-b", PID: 202, Projections: []string{"search@2", "search@3"}}))
 	_, err = db.Exec(ctx, `UPDATE eventline_nodes SET heartbeat_at = $1::timestamptz - CASE node_id WHEN 'node-a' THEN interval '2 seconds' ELSE interval '3.5 seconds' END`, f.now)
 	require.NoError(t, err)
 	return f
+}
+
+// deploy registers code for projection name as a runner process does, with live processes that
+// declare partitions.
+func (f *fixture) deploy(t *testing.T, name string, code lifecycle.Code, partitions int) {
+	t.Helper()
+	ctx := t.Context()
+	require.NoError(t, pgx.BeginFunc(ctx, f.db.Pool, func(tx pgx.Tx) error {
+		_, err := f.lc.Deploy(ctx, tx, name, code, []int{partitions})
+		return err
+	}))
+}
+
+// setPosition moves a checkpoint, as batches applied by a runner would have.
+func (f *fixture) setPosition(t *testing.T, key checkpoint.Key, position int64) {
+	t.Helper()
+	k := key.Normalize()
+	tag, err := f.db.Pool.Exec(t.Context(), `UPDATE eventline_checkpoints SET position = $5
+		WHERE projection = $1 AND version = $2 AND partitions = $3 AND partition = $4`,
+		k.Projection, k.Version, k.Partitions, k.Partition, position)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, tag.RowsAffected(), key.String())
+}
+
+// record reads projection name's lifecycle record.
+func (f *fixture) record(t *testing.T, name string) lifecycle.Record {
+	t.Helper()
+	r, err := f.lc.Get(t.Context(), f.db.Pool, name)
+	require.NoError(t, err)
+	return r
 }
 
 func claim(t *testing.T, cps *checkpoint.Store, db eventstore.DBTX, key checkpoint.Key, owner string) {
@@ -198,6 +253,29 @@ func TestStatus(t *testing.T) {
 	r2 := cli(t, f.now, "status", "--database-url", f.db.URL, "--json")
 	requireOK(t, r2)
 	require.Equal(t, r.stdout, r2.stdout)
+
+	// Each row's role and state follow from the record and the checkpoint.
+	var s snapshot
+	require.NoError(t, jsonUnmarshal(r.stdout, &s))
+	type rs struct{ row, role, state string }
+	var got []rs
+	for _, p := range s.Projections {
+		got = append(got, rs{fmt.Sprintf("%s@%d#%d/%d", p.Projection, p.Version, p.Partition, p.Partitions), p.Role, p.State})
+	}
+	require.Equal(t, []rs{
+		{"mailer@1#0/1", "active", "paused"},
+		{"orders@1#0/1", "active", "running"},
+		{"search@2#0/2", "active", "running"},
+		{"search@2#1/2", "active", "running"},
+		{"search@3#0/1", "building", "building"},
+		{"totals@1#0/1", "active", "stopped"},
+	}, got)
+	require.Len(t, s.Lifecycle, 4)
+	require.True(t, s.Lifecycle[0].Paused, "mailer")
+	require.True(t, s.Lifecycle[0].Detached, "mailer")
+	require.Equal(t, 3, s.Lifecycle[2].TargetVersion, "search")
+	require.Equal(t, "build", s.Lifecycle[2].TargetMode, "search")
+	require.Nil(t, s.Lifecycle[2].Barrier, "search")
 }
 
 // Without a fixed clock, ages are measured with the database's clock.
@@ -209,13 +287,53 @@ func TestStatusDatabaseClock(t *testing.T) {
 	var s snapshot
 	require.NoError(t, jsonUnmarshal(r.stdout, &s))
 	require.WithinDuration(t, time.Now(), s.Time, time.Minute)
-	require.Len(t, s.Projections, 5)
+	require.Len(t, s.Projections, 6)
 	orders := s.Projections[1]
 	require.Equal(t, "orders", orders.Projection)
 	require.Equal(t, "node-a", orders.Owner)
 	require.InDelta(t, 60, orders.LagSeconds, 10)
 	require.Len(t, s.Nodes, 2)
 	require.InDelta(t, 2, s.Nodes[0].HeartbeatAgeSeconds, 10)
+}
+
+// A partition change in progress, a barrier and a refused rebuild show in the projection lines.
+func TestStatusLayoutChanges(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := t.Context()
+	// orders' runners now declare 4 partitions: the switch to v1/4 drains v1/1 to 4.
+	f.deploy(t, "orders", lifecycle.Code{Layout: lifecycle.Layout{Version: 1, Partitions: 4}, Resettable: true}, 4)
+	// search's build of v3 has come close: v2 stops at 10 for the cut-over.
+	_, err := f.db.Pool.Exec(ctx, `UPDATE eventline_projections SET barrier = 10 WHERE projection = 'search'`)
+	require.NoError(t, err)
+	// totals' rebuild request was refused by its runner.
+	_, err = f.db.Pool.Exec(ctx, `UPDATE eventline_projections SET resettable = true WHERE projection = 'totals'`)
+	require.NoError(t, err)
+	requireOK(t, f.cli(t, "rebuild", "totals"))
+	require.NoError(t, pgx.BeginFunc(ctx, f.db.Pool, func(tx pgx.Tx) error {
+		return f.lc.RefuseRebuild(ctx, tx, "totals", "this process runs version 2")
+	}))
+
+	r := f.cli(t, "status")
+	requireOK(t, r)
+	golden(t, "status_layout_changes", r.stdout)
+
+	r = f.cli(t, "status", "--json")
+	requireOK(t, r)
+	var s snapshot
+	require.NoError(t, jsonUnmarshal(r.stdout, &s))
+	var roles []string
+	for _, p := range s.Projections {
+		if p.Projection == "orders" {
+			roles = append(roles, p.Role+"/"+p.State)
+		}
+	}
+	require.Equal(t, []string{"active/running", "waiting/waiting", "waiting/waiting", "waiting/waiting", "waiting/waiting"}, roles)
+	orders := s.Lifecycle[1]
+	require.Equal(t, "switch", orders.TargetMode)
+	require.Equal(t, int64(4), *orders.Barrier)
+	require.Equal(t, "rebuild request refused: this process runs version 2", s.Lifecycle[3].LastError)
+	require.False(t, s.Lifecycle[3].RebuildPending)
 }
 
 func TestStatusEmpty(t *testing.T) {
@@ -285,7 +403,7 @@ func TestStatusWatch(t *testing.T) {
 		for _, l := range lines {
 			var s snapshot
 			require.NoError(t, jsonUnmarshal(string(l), &s))
-			require.Len(t, s.Projections, 5)
+			require.Len(t, s.Projections, 6)
 		}
 	})
 }
@@ -323,8 +441,8 @@ func TestDeadLetters(t *testing.T) {
 	golden(t, "dead_letters_discard", r.stdout)
 	dls, err = f.cps.DeadLetters(t.Context(), f.db.Pool, "")
 	require.NoError(t, err)
-	require.Len(t, dls, 2)
-	require.Equal(t, []int64{2, 4}, []int64{dls[0].ID, dls[1].ID})
+	require.Len(t, dls, 3)
+	require.Equal(t, []int64{2, 4, 5}, []int64{dls[0].ID, dls[1].ID, dls[2].ID})
 
 	r = f.cli(t, "dead-letters", "list")
 	requireOK(t, r)
@@ -333,63 +451,145 @@ func TestDeadLetters(t *testing.T) {
 	for _, verb := range []string{"retry", "discard"} {
 		r = f.cli(t, "dead-letters", verb, "1")
 		require.Equal(t, exitNotFound, r.code, verb)
-		require.Equal(t, "eventline: "+map[string]string{"retry": "request retry of", "discard": "delete"}[verb]+
-			" dead letter 1: checkpoint: not found\n", r.stderr)
+		require.Equal(t, "eventline: dead letter 1 not found\n", r.stderr)
 		require.Empty(t, r.stdout)
 	}
+}
+
+// paused reads the paused column of projection name's record.
+func (f *fixture) paused(t *testing.T, name string) bool {
+	t.Helper()
+	var paused bool
+	require.NoError(t, f.db.Pool.QueryRow(t.Context(), `SELECT paused FROM eventline_projections WHERE projection = $1`, name).Scan(&paused))
+	return paused
 }
 
 func TestPauseResume(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	state := func(key checkpoint.Key) checkpoint.Checkpoint {
-		cp, err := f.cps.Get(t.Context(), f.db.Pool, key)
-		require.NoError(t, err)
-		return cp
-	}
 
+	require.False(t, f.paused(t, "search"))
 	r := f.cli(t, "pause", "search")
 	requireOK(t, r)
 	golden(t, "pause", r.stdout)
-	require.Equal(t, checkpoint.Paused, state(checkpoint.Key{Projection: "search", Version: 2, Partitions: 2, Partition: 1}).State)
+	require.True(t, f.paused(t, "search"))
+	requireOK(t, f.cli(t, "pause", "search")) // pausing again changes nothing
+	require.True(t, f.paused(t, "search"))
 
 	r = f.cli(t, "resume", "totals")
 	requireOK(t, r)
 	golden(t, "resume", r.stdout)
-	cp := state(checkpoint.Key{Projection: "totals"})
-	require.Equal(t, checkpoint.Running, cp.State)
+	cp, err := f.cps.Get(t.Context(), f.db.Pool, checkpoint.Key{Projection: "totals"})
+	require.NoError(t, err)
+	require.False(t, cp.Stopped())
 	require.Empty(t, cp.LastError)
+	require.False(t, f.paused(t, "totals"))
 
 	r = f.cli(t, "status")
 	requireOK(t, r)
 	golden(t, "status_after_pause_resume", r.stdout)
 
+	r = f.cli(t, "resume", "search")
+	requireOK(t, r)
+	require.Equal(t, "resumed search\n", r.stdout)
+	require.False(t, f.paused(t, "search"))
+	require.True(t, f.paused(t, "mailer"), "other projections keep their pause")
+
 	for _, cmd := range []string{"pause", "resume"} {
 		r = f.cli(t, cmd, "nope")
 		require.Equal(t, exitNotFound, r.code)
-		require.Contains(t, r.stderr, "eventline: set nope ")
-		require.Contains(t, r.stderr, "checkpoint: not found")
+		require.Equal(t, "eventline: "+cmd+" nope: no such projection (no runner has registered it yet)\n", r.stderr)
+		require.Empty(t, r.stdout)
 	}
+}
+
+// pause waits for the batches in flight; when one outlasts the wait, it says so.
+func TestPauseBatchInFlight(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := t.Context()
+	// A batch in flight holds its checkpoint row locked until it commits.
+	batch, err := f.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = batch.Rollback(context.WithoutCancel(ctx)) }()
+	_, err = batch.Exec(ctx, `SELECT 1 FROM eventline_checkpoints WHERE projection = 'search' AND partition = 1 FOR UPDATE`)
+	require.NoError(t, err)
+
+	var out, errOut bytes.Buffer
+	a := newApp(&out, &errOut, noEnv)
+	a.idleWait = 100 * time.Millisecond
+	code := a.main(ctx, []string{"--database-url", f.db.URL, "pause", "search"})
+	require.Equal(t, 0, code, "stderr: %s", errOut.String())
+	require.Empty(t, errOut.String())
+	require.Equal(t, "paused search, but a batch is still in flight after 100ms: it may still commit\n", out.String())
+	require.True(t, f.paused(t, "search"))
+
+	require.NoError(t, batch.Rollback(ctx))
+	r := f.cli(t, "pause", "search")
+	requireOK(t, r)
+	require.Equal(t, "paused search\n", r.stdout)
 }
 
 func TestRebuild(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
+	requested := func(name string) (requested, done int64) {
+		require.NoError(t, f.db.Pool.QueryRow(t.Context(), `SELECT rebuild_requested, rebuilds FROM eventline_projections
+			WHERE projection = $1`, name).Scan(&requested, &done))
+		return requested, done
+	}
+
 	r := f.cli(t, "rebuild", "search")
 	requireOK(t, r)
 	golden(t, "rebuild", r.stdout)
-	for _, p := range []int{0, 1} {
-		cp, err := f.cps.Get(t.Context(), f.db.Pool, checkpoint.Key{Projection: "search", Version: 2, Partitions: 2, Partition: p})
-		require.NoError(t, err)
-		require.True(t, cp.RebuildRequested)
-	}
+	req, done := requested("search")
+	require.Equal(t, [2]int64{1, 0}, [2]int64{req, done})
 	r = f.cli(t, "status", "--json")
 	requireOK(t, r)
-	require.Contains(t, r.stdout, `"rebuild_requested": true`)
+	var s snapshot
+	require.NoError(t, jsonUnmarshal(r.stdout, &s))
+	require.Equal(t, "search", s.Lifecycle[2].Projection)
+	require.True(t, s.Lifecycle[2].RebuildPending)
+	require.NotContains(t, r.stdout, `"rebuild_requested"`, "no longer per checkpoint")
+	r = f.cli(t, "status")
+	requireOK(t, r)
+	require.Contains(t, r.stdout, "\nsearch: building v3/1 beside v2/2; rebuild pending\n")
+
+	// A second request before a runner picked up the first: both are carried out at once.
+	r = f.cli(t, "rebuild", "search")
+	requireOK(t, r)
+	require.Contains(t, r.stdout, "a request was already pending: they are carried out once\n")
+	req, _ = requested("search")
+	require.Equal(t, int64(2), req)
+
+	// Refused: a detached handler, a projection without Reset. Nothing changes.
+	for _, tc := range []struct{ name, why string }{
+		{"mailer", "detached handlers are not rebuilt (it would repeat their side effects)"},
+		{"totals", "the projection cannot be rebuilt: it has no Reset to empty its read model (implement projector.Resetter, or Router.WithReset)"},
+	} {
+		before := f.record(t, tc.name)
+		r = f.cli(t, "rebuild", tc.name)
+		require.Equal(t, exitError, r.code, tc.name)
+		require.Equal(t, "eventline: rebuild "+tc.name+": "+tc.why+"\n", r.stderr)
+		require.Empty(t, r.stdout)
+		require.Equal(t, before, f.record(t, tc.name), "refused rebuild of %s changed the record", tc.name)
+	}
+
+	// A partition change in progress completes at once when the rebuild is carried out; a
+	// paused projection stays paused.
+	f.deploy(t, "orders", lifecycle.Code{Layout: lifecycle.Layout{Version: 1, Partitions: 4}, Resettable: true}, 4)
+	requireOK(t, f.cli(t, "pause", "orders"))
+	r = f.cli(t, "rebuild", "orders")
+	requireOK(t, r)
+	require.Equal(t, "rebuild of orders v1/1 requested\n"+
+		"a runner with the code of version 1 will empty the read model once and replay it from position 0\n"+
+		"the pending change to v1/4 completes at once\n"+
+		"orders is paused: it replays nothing until 'eventline resume orders'\n", r.stdout)
+	require.True(t, f.paused(t, "orders"))
 
 	r = f.cli(t, "rebuild", "nope")
 	require.Equal(t, exitNotFound, r.code)
-	require.Equal(t, "eventline: request rebuild of nope: checkpoint: not found\n", r.stderr)
+	require.Equal(t, "eventline: rebuild nope: no such projection (no runner has registered it yet)\n", r.stderr)
 }
 
 func TestMigrate(t *testing.T) {
@@ -404,7 +604,14 @@ func TestMigrate(t *testing.T) {
 
 	r = cli(t, time.Time{}, "--database-url", db.URL, "migrate")
 	requireOK(t, r)
-	golden(t, "migrate", r.stdout)
+	files, err := migrations.Files(migrations.DefaultConfig())
+	require.NoError(t, err)
+	var want strings.Builder
+	for _, m := range files {
+		fmt.Fprintf(&want, "applied migration %d (%s)\n", m.Version, m.Name)
+	}
+	require.Equal(t, want.String(), r.stdout)
+	require.Contains(t, r.stdout, "applied migration 4 (0004_lifecycle.sql)\n")
 	r = cli(t, time.Time{}, "--database-url", db.URL, "migrate")
 	requireOK(t, r)
 	require.Equal(t, "schema is up to date\n", r.stdout)
@@ -418,7 +625,7 @@ func TestMigrateCustomTables(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewEmptyDatabase(t)
 	flags := []string{"--database-url", db.URL, "--events-table", "ev", "--checkpoints-table", "cp",
-		"--dead-letters-table", "dl", "--nodes-table", "nd"}
+		"--dead-letters-table", "dl", "--nodes-table", "nd", "--projections-table", "pr"}
 	r := cli(t, time.Time{}, append(flags, "migrate", "--aggregate-heads-table", "heads", "--migrations-table", "mig")...)
 	requireOK(t, r)
 	var tables []string
@@ -426,11 +633,27 @@ func TestMigrateCustomTables(t *testing.T) {
 	require.NoError(t, err)
 	tables, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
-	require.Equal(t, []string{"cp", "dl", "ev", "heads", "mig", "nd"}, tables)
+	require.Equal(t, []string{"cp", "dl", "ev", "heads", "mig", "nd", "pr"}, tables)
 
 	r = cli(t, time.Now(), append(flags, "status")...)
 	requireOK(t, r)
 	golden(t, "status_empty", r.stdout)
+
+	// The lifecycle commands use the custom tables too: an unknown projection, not a missing table.
+	_, err = db.Pool.Exec(t.Context(), `INSERT INTO pr (projection, active_version, active_partitions) VALUES ('p', 1, 1);
+		INSERT INTO cp (projection) VALUES ('p')`)
+	require.NoError(t, err)
+	for _, cmd := range []string{"pause", "resume", "rebuild"} {
+		r = cli(t, time.Now(), append(flags, cmd, "nope")...)
+		require.Equal(t, exitNotFound, r.code, "%s: %s", cmd, r.stderr)
+	}
+	requireOK(t, cli(t, time.Now(), append(flags, "pause", "p")...))
+	var paused bool
+	require.NoError(t, db.Pool.QueryRow(t.Context(), `SELECT paused FROM pr WHERE projection = 'p'`).Scan(&paused))
+	require.True(t, paused)
+	r = cli(t, time.Now(), append(flags, "status")...)
+	requireOK(t, r)
+	require.Contains(t, r.stdout, "\np: paused\n")
 }
 
 func TestMigratePrint(t *testing.T) {
@@ -440,6 +663,7 @@ func TestMigratePrint(t *testing.T) {
 	require.Contains(t, r.stdout, "-- eventline migration 0001_events.sql\n")
 	require.Contains(t, r.stdout, `CREATE TABLE "events"`)
 	require.Contains(t, r.stdout, `CREATE TABLE "eventline_checkpoints"`)
+	require.Contains(t, r.stdout, `CREATE TABLE "eventline_projections"`)
 
 	r = runCLI(t, noEnv, "--events-table", "app.events", "migrate", "--print")
 	requireOK(t, r)
@@ -511,8 +735,11 @@ func TestExitCodes(t *testing.T) {
 		{"bad dead letter ID", env, []string{"dead-letters", "retry", "x1"}, exitUsage, "eventline: dead-letters retry: invalid dead letter ID \"x1\""},
 		{"invalid table name", env, []string{"--events-table", "bad-name", "status"}, exitUsage, "eventline: invalid SQL name: events table \"bad-name\""},
 		{"invalid table name in migrate", noEnv, []string{"--nodes-table", "a.b.c", "migrate", "--print"}, exitUsage, "eventline: migrations config: invalid SQL name: nodes table"},
-		{"unknown projection", env, []string{"rebuild", "nope"}, exitNotFound, "eventline: request rebuild of nope: checkpoint: not found\n"},
-		{"unknown dead letter", env, []string{"dead-letters", "discard", "42"}, exitNotFound, "eventline: delete dead letter 42: checkpoint: not found\n"},
+		{"unknown projection", env, []string{"rebuild", "nope"}, exitNotFound, "eventline: rebuild nope: no such projection (no runner has registered it yet)\n"},
+		{"unknown projection to pause", env, []string{"pause", "nope"}, exitNotFound, "eventline: pause nope: no such projection"},
+		{"unknown dead letter", env, []string{"dead-letters", "discard", "42"}, exitNotFound, "eventline: dead letter 42 not found\n"},
+		{"unknown dead letter to retry", env, []string{"dead-letters", "retry", "42"}, exitNotFound, "eventline: dead letter 42 not found\n"},
+		{"invalid projections table name", env, []string{"--projections-table", "a b", "pause", "x"}, exitUsage, "eventline: checkpoint config: invalid SQL name: projections table"},
 		{"unreachable database", noEnv, []string{"--database-url", closed, "status"}, exitError, "eventline: connect: "},
 		{"success", env, []string{"status"}, exitOK, ""},
 	} {

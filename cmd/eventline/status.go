@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
 )
 
@@ -25,16 +26,20 @@ const nodeAlive = 10 * time.Second
 type dbConn struct {
 	pool   *pgxpool.Pool
 	cps    *checkpoint.Store
+	lc     *lifecycle.Store
 	events sqlname.Name
 }
 
 // snapshot is what status shows, and the shape of status --json.
 type snapshot struct {
 	// Time is the database's clock when the snapshot was taken; ages are measured from it.
-	Time        time.Time          `json:"time"`
-	Head        int64              `json:"head"`
+	Time time.Time `json:"time"`
+	Head int64     `json:"head"`
+	// Projections has one entry per checkpoint: each version and partition of each projection.
 	Projections []projectionStatus `json:"projections"`
-	Nodes       []nodeStatus       `json:"nodes"`
+	// Lifecycle has one entry per projection: its lifecycle record.
+	Lifecycle []lifecycleStatus `json:"lifecycle"`
+	Nodes     []nodeStatus      `json:"nodes"`
 }
 
 type projectionStatus struct {
@@ -51,12 +56,44 @@ type projectionStatus struct {
 	Head       int64      `json:"head"`
 	Lag        int64      `json:"lag"`
 	// LagSeconds is the age of the first event after Position; 0 when caught up.
-	LagSeconds       float64   `json:"lag_seconds"`
-	State            string    `json:"state"`
-	LastError        string    `json:"last_error"`
-	FailedPosition   int64     `json:"failed_position"`
-	RebuildRequested bool      `json:"rebuild_requested"`
-	UpdatedAt        time.Time `json:"updated_at"`
+	LagSeconds float64 `json:"lag_seconds"`
+	// Role is what the checkpoint's layout is to its projection: "active", "building" (a newer
+	// version replaying beside the active one), "waiting" (a new layout waiting for the active one
+	// to reach the barrier), "retired" or "standby".
+	Role string `json:"role"`
+	// State is the one-word reading of the role, the projection's pause and the checkpoint's
+	// failure: "paused", "stopped", "running" (active), "building", "waiting", ...
+	State          string    `json:"state"`
+	LastError      string    `json:"last_error"`
+	FailedPosition int64     `json:"failed_position"`
+	UpdatedAt      time.Time `json:"updated_at"`
+}
+
+// lifecycleStatus is a projection's lifecycle record.
+type lifecycleStatus struct {
+	Projection       string `json:"projection"`
+	ActiveVersion    int    `json:"active_version"`
+	ActivePartitions int    `json:"active_partitions"`
+	// TargetVersion, TargetPartitions and TargetMode ("build" or "switch") describe a layout being
+	// brought in: 0, 0 and "" when none is.
+	TargetVersion    int    `json:"target_version"`
+	TargetPartitions int    `json:"target_partitions"`
+	TargetMode       string `json:"target_mode"`
+	// Barrier is the position the active layout applies nothing beyond; null when none.
+	Barrier *int64 `json:"barrier"`
+	Paused  bool   `json:"paused"`
+	// RebuildPending: a rebuild was requested and not yet carried out. RebuildRequests and
+	// Rebuilds count the requests and the rebuilds carried out.
+	RebuildPending  bool  `json:"rebuild_pending"`
+	RebuildRequests int64 `json:"rebuild_requests"`
+	Rebuilds        int64 `json:"rebuilds"`
+	// Detached and Resettable describe the active version's code (rebuild refuses detached
+	// handlers and projections without Reset).
+	Detached   bool `json:"detached"`
+	Resettable bool `json:"resettable"`
+	// LastError says why the last projection-wide request could not be carried out.
+	LastError string    `json:"last_error"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 type nodeStatus struct {
@@ -73,13 +110,23 @@ func (a *app) cmdStatus(ctx context.Context, args []string) error {
 	c := a.newCommand("status", "[--watch] [--interval 2s] [--json]",
 		`Shows every checkpoint (each version and partition of each projection): its owner, position,
 the head of the events table, the lag in events and in seconds (the age of the oldest event not
-applied yet), its state and last error; then the live runner processes (heartbeat within 10s).
-OWNER is "-" when no runner holds a live lease on it. LAST ERROR is cut to 60 characters.
+applied yet), its role, state and last error; then a line for each projection that is paused,
+changing layout, waiting for a rebuild or whose last request failed; then the live runner
+processes (heartbeat within 10s). OWNER is "-" when no runner holds a live lease on it. LAST
+ERROR is cut to 60 characters.
 
---json prints {"time", "head", "projections": [...], "nodes": [...]} with snake_case keys and
-full errors. --watch redraws every --interval until interrupted (Ctrl-C exits 0): on a terminal
-it clears the screen first; otherwise it separates the tables with a blank line, or prints one
-JSON object per line.`)
+ROLE is what the layout (version and partition count) is to its projection: active, building (a
+newer version replaying beside it), waiting (a new layout waiting for the active one to reach
+its barrier). STATE is paused (by an operator), stopped (a handler failed), else running for
+the active layout and the role for the others.
+
+--json prints {"time", "head", "projections": [...], "lifecycle": [...], "nodes": [...]} with
+snake_case keys and full errors: "projections" has one object per checkpoint, "lifecycle" one
+per projection.
+
+--watch redraws every --interval until interrupted (Ctrl-C exits 0): on a terminal it clears the
+screen first; otherwise it separates the tables with a blank line, or prints one JSON object per
+line.`)
 	watch := c.Bool("watch", false, "redraw every --interval until interrupted")
 	interval := c.Duration("interval", 2*time.Second, "time between redraws with --watch")
 	asJSON := c.Bool("json", false, "print JSON")
@@ -153,16 +200,41 @@ func (a *app) watchStatus(ctx context.Context, db *dbConn, interval time.Duratio
 	}
 }
 
-// snapshot reads the checkpoints, the head, each checkpoint's lag and the live nodes.
+// snapshot reads the checkpoints, the lifecycle records, the head, each checkpoint's lag and the
+// live nodes, in one read-only transaction, so that they agree with one another.
 func (a *app) snapshot(ctx context.Context, db *dbConn) (snapshot, error) {
-	cps, err := db.cps.List(ctx, db.pool)
+	var s snapshot
+	err := pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
+		func(tx pgx.Tx) error {
+			var err error
+			s, err = a.readSnapshot(ctx, db, tx)
+			return err
+		})
 	if err != nil {
 		return snapshot{}, err
 	}
+	return s, nil
+}
+
+func (a *app) readSnapshot(ctx context.Context, db *dbConn, tx pgx.Tx) (snapshot, error) {
+	cps, err := db.cps.List(ctx, tx)
+	if err != nil {
+		return snapshot{}, err
+	}
+	// An empty, non-nil list: List(ctx, tx) with no names sends NULL, which matches nothing.
+	records, err := db.lc.List(ctx, tx, []string{}...)
+	if err != nil {
+		return snapshot{}, err
+	}
+	byName := make(map[string]lifecycle.Record, len(records))
+	s := snapshot{Projections: make([]projectionStatus, 0, len(cps)), Lifecycle: make([]lifecycleStatus, 0, len(records)),
+		Nodes: []nodeStatus{}}
+	for _, r := range records {
+		byName[r.Projection] = r
+		s.Lifecycle = append(s.Lifecycle, recordStatus(r))
+	}
 	events := db.events.Quoted()
-	// The head is read after the checkpoints, so that no position is above it.
-	s := snapshot{Projections: make([]projectionStatus, 0, len(cps)), Nodes: []nodeStatus{}}
-	if err := db.pool.QueryRow(ctx, `SELECT now(), coalesce(max(global_position), 0) FROM `+events).
+	if err := tx.QueryRow(ctx, `SELECT now(), coalesce(max(global_position), 0) FROM `+events).
 		Scan(&s.Time, &s.Head); err != nil {
 		return snapshot{}, fmt.Errorf("read head of %s: %w", db.events, err)
 	}
@@ -172,11 +244,14 @@ func (a *app) snapshot(ctx context.Context, db *dbConn) (snapshot, error) {
 	s.Time = s.Time.UTC()
 	firstAfter := `SELECT created_at FROM ` + events + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`
 	for _, cp := range cps {
+		// A checkpoint without a record (which the lifecycle never leaves) reads as standby.
+		r := byName[cp.Projection]
+		layout := lifecycle.Layout{Version: cp.Version, Partitions: cp.Partitions}
 		p := projectionStatus{
 			Projection: cp.Projection, Version: cp.Version, Partition: cp.Partition, Partitions: cp.Partitions,
 			Position: cp.Position, Head: s.Head, Lag: max(0, s.Head-cp.Position),
-			State: string(cp.State), LastError: cp.LastError, FailedPosition: cp.FailedPosition,
-			RebuildRequested: cp.RebuildRequested, UpdatedAt: cp.UpdatedAt.UTC(),
+			Role: string(r.Role(layout)), State: r.State(layout, cp.Stopped()),
+			LastError: cp.LastError, FailedPosition: cp.FailedPosition, UpdatedAt: cp.UpdatedAt.UTC(),
 		}
 		if cp.Owner != "" {
 			lease := cp.LeaseUntil.UTC()
@@ -187,7 +262,7 @@ func (a *app) snapshot(ctx context.Context, db *dbConn) (snapshot, error) {
 		}
 		if p.Lag > 0 {
 			var created time.Time
-			err := db.pool.QueryRow(ctx, firstAfter, cp.Position).Scan(&created)
+			err := tx.QueryRow(ctx, firstAfter, cp.Position).Scan(&created)
 			switch {
 			case err == nil:
 				p.LagSeconds = roundTo(max(0, s.Time.Sub(created).Seconds()), 3)
@@ -197,7 +272,7 @@ func (a *app) snapshot(ctx context.Context, db *dbConn) (snapshot, error) {
 		}
 		s.Projections = append(s.Projections, p)
 	}
-	nodes, err := db.cps.Nodes(ctx, db.pool, nodeAlive)
+	nodes, err := db.cps.Nodes(ctx, tx, nodeAlive)
 	if err != nil {
 		return snapshot{}, err
 	}
@@ -215,6 +290,52 @@ func (a *app) snapshot(ctx context.Context, db *dbConn) (snapshot, error) {
 	return s, nil
 }
 
+func recordStatus(r lifecycle.Record) lifecycleStatus {
+	l := lifecycleStatus{
+		Projection: r.Projection, ActiveVersion: r.Active.Version, ActivePartitions: r.Active.Partitions,
+		TargetVersion: r.Target.Version, TargetPartitions: r.Target.Partitions, TargetMode: string(r.Mode),
+		Paused: r.Paused, RebuildPending: r.RebuildPending(), RebuildRequests: r.RebuildRequested, Rebuilds: r.Rebuilds,
+		Detached: r.Detached, Resettable: r.Resettable, LastError: r.LastError, UpdatedAt: r.UpdatedAt.UTC(),
+	}
+	if r.Barrier >= 0 {
+		barrier := r.Barrier
+		l.Barrier = &barrier
+	}
+	return l
+}
+
+// notes is the short line status prints for a projection, "" when there is nothing to say: its
+// pause, the layout change in progress, a pending rebuild, the last error.
+func (l lifecycleStatus) notes() string {
+	var parts []string
+	if l.Paused {
+		parts = append(parts, "paused")
+	}
+	active := lifecycle.Layout{Version: l.ActiveVersion, Partitions: l.ActivePartitions}
+	target := lifecycle.Layout{Version: l.TargetVersion, Partitions: l.TargetPartitions}
+	switch lifecycle.Mode(l.TargetMode) {
+	case lifecycle.Build:
+		n := fmt.Sprintf("building %s beside %s", target, active)
+		if l.Barrier != nil {
+			n += fmt.Sprintf(" (%s stops at %d for the cut-over)", active, *l.Barrier)
+		}
+		parts = append(parts, n)
+	case lifecycle.Switch:
+		barrier := "?"
+		if l.Barrier != nil {
+			barrier = strconv.FormatInt(*l.Barrier, 10)
+		}
+		parts = append(parts, fmt.Sprintf("switching from %s to %s at %s", active, target, barrier))
+	}
+	if l.RebuildPending {
+		parts = append(parts, "rebuild pending")
+	}
+	if l.LastError != "" {
+		parts = append(parts, "last error: "+truncate(l.LastError, errorWidth))
+	}
+	return strings.Join(parts, "; ")
+}
+
 func roundTo(x float64, decimals int) float64 {
 	p := math.Pow10(decimals)
 	return math.Round(x*p) / p
@@ -226,15 +347,11 @@ func renderStatus(w io.Writer, s snapshot) {
 		fmt.Fprintln(w, "no projections (no checkpoints yet)")
 	} else {
 		tw := newTable(w)
-		row(tw, "PROJECTION", "VERSION", "PARTITION", "OWNER", "POSITION", "HEAD", "LAG", "LAG(S)", "STATE", "LAST ERROR")
+		row(tw, "PROJECTION", "VERSION", "PARTITION", "OWNER", "POSITION", "HEAD", "LAG", "LAG(S)", "ROLE", "STATE", "LAST ERROR")
 		for _, p := range s.Projections {
 			partition := "-"
 			if p.Partitions > 1 {
 				partition = fmt.Sprintf("%d/%d", p.Partition, p.Partitions)
-			}
-			state := p.State
-			if p.RebuildRequested {
-				state += ", rebuild requested"
 			}
 			lastErr := p.LastError
 			if lastErr != "" && p.FailedPosition > 0 {
@@ -242,9 +359,19 @@ func renderStatus(w io.Writer, s snapshot) {
 			}
 			row(tw, p.Projection, strconv.Itoa(p.Version), partition, cell(p.Owner),
 				strconv.FormatInt(p.Position, 10), strconv.FormatInt(p.Head, 10), strconv.FormatInt(p.Lag, 10),
-				strconv.FormatFloat(p.LagSeconds, 'f', 1, 64), state, cell(truncate(lastErr, errorWidth)))
+				strconv.FormatFloat(p.LagSeconds, 'f', 1, 64), p.Role, p.State, cell(truncate(lastErr, errorWidth)))
 		}
 		_ = tw.Flush() // w is a buffer
+	}
+	notes := false
+	for _, l := range s.Lifecycle {
+		if n := l.notes(); n != "" {
+			if !notes {
+				fmt.Fprintln(w)
+				notes = true
+			}
+			fmt.Fprintf(w, "%s: %s\n", l.Projection, n)
+		}
 	}
 	fmt.Fprintln(w)
 	if len(s.Nodes) == 0 {

@@ -1,0 +1,285 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+
+	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/eventstore"
+)
+
+// This file applies batches: one transaction per batch that locks the checkpoint, runs the
+// handler and moves the checkpoint with a compare-and-set; and isolates a failing event by
+// splitting the batch, so that the failure policy applies to it alone.
+
+// apply hands events, all in (pos, to], to the projection and moves the checkpoint to to. A
+// handler failure is narrowed down to the failing event, to which the failure policy applies.
+func (w *worker) apply(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+	if w.g.detached != nil {
+		return w.applyDetached(ctx, events, to)
+	}
+	err := w.dispatch(ctx, events, to)
+	var he *handlerError
+	if err == nil || !errors.As(err, &he) || he.transient {
+		return err
+	}
+	w.log.Info("handler failed on a batch: splitting it to find the failing event (the handler runs again on the others)",
+		zap.Int("events", len(events)), zap.Error(he.err))
+	return w.isolate(ctx, events, to)
+}
+
+// isolate finds the failing event by splitting the batch, applying what succeeds.
+func (w *worker) isolate(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+	for {
+		if len(events) == 1 {
+			err := w.dispatch(ctx, events, to)
+			var he *handlerError
+			if err == nil || !errors.As(err, &he) || he.transient {
+				return err
+			}
+			return w.fail(ctx, &events[0], to, he)
+		}
+		half := len(events) / 2
+		first, firstTo := events[:half], events[half].GlobalPosition-1
+		err := w.dispatch(ctx, first, firstTo)
+		var he *handlerError
+		switch {
+		case err == nil:
+			events = events[half:]
+			if err := w.dispatch(ctx, events, to); err == nil || !errors.As(err, &he) || he.transient {
+				return err
+			}
+		case errors.As(err, &he) && !he.transient:
+			events, to = first, firstTo
+		default:
+			return err
+		}
+	}
+}
+
+// handlerError is an error (or panic) of the projection's handler.
+type handlerError struct {
+	err       error
+	transient bool // a database error worth retrying as is (serialization failure, lost connection)
+}
+
+func (e *handlerError) Error() string { return e.err.Error() }
+func (e *handlerError) Unwrap() error { return e.err }
+
+// dispatch applies one batch in one transaction: lock the checkpoint, handle, compare-and-set,
+// commit. Events of aggregates with a parked event are parked behind it instead (sequenced dead
+// letters), in the same transaction.
+func (w *worker) dispatch(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+	return w.commit(ctx, events, to, func(ctx context.Context, tx pgx.Tx) error {
+		handle, err := w.parkBlocked(ctx, tx, events)
+		if err != nil || len(handle) == 0 {
+			return err
+		}
+		return w.callHandler(ctx, tx, handle)
+	}, time.Now())
+}
+
+// applyDetached hands events one by one to a detached handler, outside any transaction, then
+// moves the checkpoint (at-least-once). On a failure it saves the progress made before the
+// failing event and applies the failure policy to that event.
+func (w *worker) applyDetached(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+	start := time.Now()
+	for i := range events {
+		if _, blocked := w.blockedBy(&events[i]); blocked {
+			continue // parked in the commit below
+		}
+		err := w.callDetached(ctx, events[i])
+		if err == nil {
+			continue
+		}
+		if i > 0 {
+			done := events[:i]
+			if err := w.commit(ctx, done, events[i].GlobalPosition-1, w.parkOnly(done), start); err != nil {
+				return err
+			}
+		}
+		var he *handlerError
+		if !errors.As(err, &he) {
+			return err
+		}
+		return w.fail(ctx, &events[i], events[i].GlobalPosition, he)
+	}
+	return w.commit(ctx, events, to, w.parkOnly(events), start)
+}
+
+// parkOnly returns the handle function of a detached batch's commit: it parks the blocked events.
+func (w *worker) parkOnly(events []eventstore.PersistedEvent) func(context.Context, pgx.Tx) error {
+	if len(w.parked) == 0 {
+		return nil
+	}
+	return func(ctx context.Context, tx pgx.Tx) error {
+		_, err := w.parkBlocked(ctx, tx, events)
+		return err
+	}
+}
+
+// commit runs handle (if any) in a transaction that moves the checkpoint from persisted to to.
+func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent, to int64,
+	handle func(context.Context, pgx.Tx) error, start time.Time) error {
+	r := w.g.r
+	from := w.persisted
+	if d := r.cfg.BatchTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	w.setBatch(tx.Conn().PgConn().PID())
+	defer w.setBatch(0)
+	if d := r.cfg.BatchTimeout; d > 0 {
+		// Enforced by the server too: a handler that ignores its context cannot keep the
+		// checkpoint row locked beyond it.
+		ms := fmt.Sprintf("%dms", d.Milliseconds())
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true), set_config('idle_in_transaction_session_timeout', $1, true)`, ms); err != nil {
+			return fmt.Errorf("set batch timeout: %w", err)
+		}
+	}
+	cp, err := r.cps.Load(ctx, tx, w.key)
+	if err != nil {
+		return err
+	}
+	if cp.Position != from || cp.Stopped() || cp.Owner != r.nodeID {
+		return fmt.Errorf("checkpoint %s is at %d (stopped %t, owner %q), batch was read from %d: %w",
+			w.key, cp.Position, cp.Stopped(), cp.Owner, from, checkpoint.ErrConflict)
+	}
+	if handle != nil {
+		if err := handle(ctx, tx); err != nil {
+			var he *handlerError
+			if errors.As(err, &he) && !he.transient && tx.Conn().IsClosed() {
+				he.transient = true
+			}
+			return err
+		}
+	}
+	if err := r.cps.Save(ctx, tx, w.key, r.nodeID, from, to); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	w.persisted, w.pos = to, to
+	w.lastPersist = time.Now()
+	w.mu.Lock()
+	w.statusPos, w.lastErr = to, ""
+	w.rate.add(len(events))
+	w.mu.Unlock()
+	if f := r.cfg.Hooks.BatchCommitted; f != nil && len(events) > 0 {
+		f(BatchInfo{Key: w.key, Events: len(events), From: from, To: to, Took: time.Since(start),
+			Lag: time.Since(events[len(events)-1].CreatedAt)})
+	}
+	return nil
+}
+
+func (w *worker) setBatch(pid uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.batchPID, w.batchAt = pid, time.Now()
+}
+
+func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore.PersistedEvent) (err error) {
+	defer w.recoverHandler(&err)
+	if herr := w.g.proj.Handle(ctx, tx, events); herr != nil {
+		return &handlerError{err: herr, transient: isTransient(herr)}
+	}
+	return nil
+}
+
+func (w *worker) callDetached(ctx context.Context, ev eventstore.PersistedEvent) (err error) {
+	defer w.recoverHandler(&err)
+	if herr := w.g.detached.HandleEvent(ctx, ev); herr != nil {
+		return &handlerError{err: herr}
+	}
+	return nil
+}
+
+// recoverHandler turns a handler's panic into its error; use it deferred.
+func (w *worker) recoverHandler(err *error) {
+	if p := recover(); p != nil {
+		w.log.Error("handler panicked", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+		*err = &handlerError{err: fmt.Errorf("handler panicked: %v", p)}
+	}
+}
+
+// failureText describes a handler failure on ev, for the checkpoint and the dead letter.
+func failureText(ev *eventstore.PersistedEvent, err error) string {
+	return fmt.Sprintf("event %d (%s %s/%s): %v", ev.GlobalPosition, ev.EventType, ev.AggregateType, ev.AggregateID, err)
+}
+
+// fail applies the failure policy to ev, whose batch ends at to: park it and move on, or stop the
+// unit before it.
+func (w *worker) fail(ctx context.Context, ev *eventstore.PersistedEvent, to int64, herr *handlerError) error {
+	r := w.g.r
+	from := w.persisted
+	msg := failureText(ev, herr.err)
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		cp, err := r.cps.Load(ctx, tx, w.key)
+		if err != nil {
+			return err
+		}
+		if cp.Position != from || cp.Owner != r.nodeID || cp.Stopped() {
+			return fmt.Errorf("checkpoint %s moved to %d (owner %q): %w", w.key, cp.Position, cp.Owner, checkpoint.ErrConflict)
+		}
+		if w.g.policy == DeadLetter {
+			if err := r.cps.Park(ctx, tx, w.key, ev, msg, 0); err != nil {
+				return err
+			}
+			return r.cps.Save(ctx, tx, w.key, r.nodeID, from, to)
+		}
+		return r.cps.Stop(ctx, tx, w.key, from, ev.GlobalPosition-1, ev.GlobalPosition, msg)
+	})
+	if err != nil {
+		return fmt.Errorf("apply %s policy to event %d: %w", w.g.policy, ev.GlobalPosition, err)
+	}
+	if f := r.cfg.Hooks.HandlerFailed; f != nil {
+		f(w.key, ev.GlobalPosition, herr.err, w.g.policy)
+	}
+	w.mu.Lock()
+	w.lastErr = msg
+	if w.g.policy == DeadLetter {
+		w.persisted, w.pos, w.statusPos = to, to, to
+		if w.g.sequenced {
+			w.parked[aggregate{ev.AggregateType, ev.AggregateID}] = ev.GlobalPosition
+		}
+	} else {
+		w.persisted, w.pos, w.statusPos = ev.GlobalPosition-1, ev.GlobalPosition-1, ev.GlobalPosition-1
+		w.state, w.applying = "stopped", false
+	}
+	w.mu.Unlock()
+	w.log.Error("handler failed", zap.String("policy", w.g.policy.String()), zap.Int64("position", ev.GlobalPosition), zap.Error(herr.err))
+	return nil
+}
+
+// isTransient reports whether a database error is worth retrying unchanged.
+func isTransient(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
+			return true
+		case "40": // serialization failure, deadlock
+			return pgErr.Code == "40001" || pgErr.Code == "40P01"
+		}
+		return false
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		pgconn.SafeToRetry(err) || pgconn.Timeout(err)
+}
