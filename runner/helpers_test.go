@@ -258,10 +258,13 @@ func (h *harness) lc() *lifecycle.Store {
 		sqlname.MustParse(migrations.DeadLettersTableDefault))
 }
 
-// record reads a projection's lifecycle record.
+// record reads a projection's lifecycle record (the zero Record before it exists).
 func (h *harness) record(name string) lifecycle.Record {
 	h.t.Helper()
 	rec, err := h.lc().Get(context.Background(), h.db.Pool, name)
+	if errors.Is(err, lifecycle.ErrNotFound) {
+		return lifecycle.Record{}
+	}
 	require.NoError(h.t, err)
 	return rec
 }

@@ -102,7 +102,7 @@ func (g *registration) transition(ctx context.Context, what string, f func(pgx.T
 // anything else runs.
 func (g *registration) setup(ctx context.Context, declared []int) error {
 	if _, err := g.transition(ctx, "deploy", func(tx pgx.Tx) (string, error) {
-		return g.r.lc.Deploy(ctx, tx, g.name, g.code, declared)
+		return g.r.lc.Deploy(ctx, tx, g.name, g.code, declared, g.resetter())
 	}); err != nil {
 		return fmt.Errorf("runner: %w", err)
 	}
@@ -167,7 +167,7 @@ func (g *registration) manage(ctx context.Context) {
 func (g *registration) step(ctx context.Context) error {
 	declared := g.r.declared(g.name, g.code.Version)
 	if _, err := g.transition(ctx, "deploy", func(tx pgx.Tx) (string, error) {
-		return g.r.lc.Deploy(ctx, tx, g.name, g.code, declared)
+		return g.r.lc.Deploy(ctx, tx, g.name, g.code, declared, g.resetter())
 	}); err != nil {
 		return err
 	}

@@ -200,7 +200,7 @@ func (f *fixture) deploy(t *testing.T, name string, code lifecycle.Code, partiti
 	t.Helper()
 	ctx := t.Context()
 	require.NoError(t, pgx.BeginFunc(ctx, f.db.Pool, func(tx pgx.Tx) error {
-		_, err := f.lc.Deploy(ctx, tx, name, code, []int{partitions})
+		_, err := f.lc.Deploy(ctx, tx, name, code, []int{partitions}, nil)
 		return err
 	}))
 }

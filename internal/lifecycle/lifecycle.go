@@ -336,19 +336,24 @@ func unanimous(declared []int) int {
 //   - a newer version: it becomes the target (replacing a target of an older version): a build
 //     from 0, or for a detached handler that does not replay history a switch; if it is the
 //     target already but its live processes now declare another partition count, the target is
-//     replaced by that layout (a build starts again from 0);
+//     replaced by that layout (a build starts again from 0, after reset empties what the
+//     abandoned build wrote; without reset the build keeps its partition count);
 //   - a version older than the target but newer than the active one is superseded: nothing.
-func (s *Store) Deploy(ctx context.Context, tx pgx.Tx, name string, code Code, declared []int) (string, error) {
-	r, ok, err := s.lock(ctx, tx, name)
+func (s *Store) Deploy(ctx context.Context, tx pgx.Tx, name string, code Code, declared []int,
+	reset func(context.Context, pgx.Tx) error) (string, error) {
+	// The first deploy creates the record; processes starting together race here, and the
+	// losers wait on the winner's row and go on as for an existing record.
+	tag, err := tx.Exec(ctx, `INSERT INTO `+s.p+` (projection, active_version, active_partitions, detached, resettable)
+		VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, name, code.Version, code.Partitions, code.Detached, code.Resettable)
+	if err != nil {
+		return "", fmt.Errorf("create projection %q: %w", name, err)
+	}
+	if tag.RowsAffected() == 1 {
+		return "created " + code.Layout.String(), s.createRows(ctx, tx, name, code.Layout, 0)
+	}
+	r, err := s.mustLock(ctx, tx, name)
 	if err != nil {
 		return "", err
-	}
-	if !ok {
-		if _, err := tx.Exec(ctx, `INSERT INTO `+s.p+` (projection, active_version, active_partitions, detached, resettable)
-			VALUES ($1, $2, $3, $4, $5)`, name, code.Version, code.Partitions, code.Detached, code.Resettable); err != nil {
-			return "", fmt.Errorf("create projection %q: %w", name, err)
-		}
-		return "created " + code.Layout.String(), s.createRows(ctx, tx, name, code.Layout, 0)
 	}
 	want := unanimous(declared)
 	before := r
@@ -386,10 +391,20 @@ func (s *Store) Deploy(ctx context.Context, tx pgx.Tx, name string, code Code, d
 		case r.Target.Version > v:
 			return "", nil
 		case r.Target.Version == v:
-			if want == 0 || want == r.Target.Partitions {
+			if want == 0 || want == r.Target.Partitions || (r.Mode == Build && reset == nil) {
 				return "", nil
 			}
 			mode, barrier := r.Mode, r.Barrier
+			if mode == Build {
+				// The abandoned build wrote into this version's read model: empty it, in this
+				// transaction, after its batches in flight.
+				if _, err := s.lockPositions(ctx, tx, name, r.Target); err != nil {
+					return "", err
+				}
+				if err := reset(ctx, tx); err != nil {
+					return "", fmt.Errorf("reset the abandoned build of %s: %w", r.Target, err)
+				}
+			}
 			if err := s.deleteRows(ctx, tx, name, r.Target); err != nil {
 				return "", err
 			}
