@@ -35,7 +35,7 @@ func (m *mailer) positions() []int64 {
 }
 
 // A detached handler sees every event at least once; a new version of it does not fire again for
-// the history, unless registered with WithReplayHistory (G4, DESIGN.md section 5).
+// the history, unless registered with WithReplayHistory (docs/design.md, "Guarantees", G4).
 func TestDetachedNewVersionDoesNotReplayHistory(t *testing.T) {
 	t.Parallel()
 	for _, replay := range []bool{false, true} {

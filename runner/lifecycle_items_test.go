@@ -689,3 +689,24 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 		t.Fatalf("timed out waiting for %s", what)
 	}
 }
+
+// A build rolled back after it set its cut-over barrier (its processes are gone) does not hold
+// the active version at the barrier: the barrier is lifted and the active version goes on.
+func TestRolledBackBuildReleasesTheBarrier(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	h.appendMany(ctx, 10)
+	v1 := newVProj("rb", 1, 1)
+	h.startProc(h.fastConfig(), v1)
+	h.waitFor("v1", func() bool { return len(appliedPositions(t, h.db.Pool, v1.label())) == 10 })
+	v2 := newVProj("rb", 2, 1)
+	v2.blockActivate.Store(true) // it catches up and sets the barrier, but cannot cut over
+	_, stop2 := h.startProc(h.fastConfig(), v2)
+	h.waitFor("the cut-over barrier", func() bool { return h.record("rb").Barrier >= 0 })
+	stop2()
+	h.waitFor("the barrier to be lifted", func() bool { return h.record("rb").Barrier < 0 })
+	require.Equal(t, 2, h.record("rb").Target.Version, "the build stays the target")
+	h.appendMany(ctx, 5)
+	h.requireExactlyOnce(v1.label())
+}

@@ -25,7 +25,7 @@ type page struct {
 }
 
 // pageReader reads pages once and shares them between projections at the same position
-// (DESIGN.md section 5, reading). It keeps at most max pages.
+// (docs/design.md, "Reading and dispatch"). It keeps at most max pages.
 type pageReader struct {
 	onRead func(from int64, events int)
 	pool   *pgxpool.Pool
@@ -145,7 +145,7 @@ func (r *pageReader) wait() { r.wg.Wait() }
 
 // read reads the visible events after from and keeps the prefix that is safe to apply: every
 // event at or below the horizon h, then only the contiguous run above max(from, h)
-// (DESIGN.md section 4, step 3). h must have been obtained before this call: the query's
+// (docs/design.md, "The gap problem"). h must have been obtained before this call: the query's
 // snapshot then sees every committed position <= h.
 func (r *pageReader) read(ctx context.Context, from, h int64, gen uint64) (*page, error) {
 	evs, err := r.store.ReadEvents(ctx, r.pool, from, r.limit)

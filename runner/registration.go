@@ -180,6 +180,14 @@ func (g *registration) step(ctx context.Context) error {
 			return err
 		}
 	}
+	if ok && rec.Mode == lifecycle.Build && rec.Barrier >= 0 && rec.Active.Version == g.code.Version &&
+		len(g.r.declared(g.name, rec.Target.Version)) == 0 {
+		if _, err := g.transition(ctx, "release barrier", func(tx pgx.Tx) (string, error) {
+			return g.r.lc.ReleaseBuildBarrier(ctx, tx, g.name, rec.Target.Version)
+		}); err != nil {
+			return err
+		}
+	}
 	if ok && rec.RebuildPending() && rec.Active.Version == g.code.Version {
 		if err := g.rebuild(ctx, true); err != nil {
 			return err

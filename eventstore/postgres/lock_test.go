@@ -29,8 +29,9 @@ func holdsAppendLock(t *testing.T, pool *pgxpool.Pool, pid uint32) bool {
 	return held
 }
 
-// TestAppendersHoldTheAppendLock checks DESIGN.md section 4, step 1: whatever inserts into the
-// events table (Append, a raw INSERT, COPY) holds the shared lock K until its transaction ends.
+// TestAppendersHoldTheAppendLock checks the append lock K of docs/design.md, "The gap problem":
+// whatever inserts into the events table (Append, a raw INSERT, COPY) holds the shared lock K
+// until its transaction ends.
 func TestAppendersHoldTheAppendLock(t *testing.T) {
 	t.Parallel()
 	store := postgres.NewStore(nil)

@@ -513,6 +513,19 @@ func (s *Store) Advance(ctx context.Context, tx pgx.Tx, name string, code Code, 
 	return change, s.promote(ctx, tx, &r, code)
 }
 
+// ReleaseBuildBarrier lifts the barrier a build set on the active layout, when no live process
+// has the target version's code any more (it was rolled back before the cut-over): the active
+// layout must not wait at the barrier for a cut-over nobody can carry out. The build stays the
+// target and sets the barrier again when its code returns and catches up.
+func (s *Store) ReleaseBuildBarrier(ctx context.Context, tx pgx.Tx, name string, target int) (string, error) {
+	r, err := s.mustLock(ctx, tx, name)
+	if err != nil || r.Mode != Build || r.Target.Version != target || r.Barrier < 0 {
+		return "", err
+	}
+	r.Barrier = -1
+	return fmt.Sprintf("barrier lifted: no live process runs %s", r.Target), s.save(ctx, tx, r)
+}
+
 // promote makes the target active and deletes the old active rows.
 func (s *Store) promote(ctx context.Context, tx pgx.Tx, r *Record, code Code) error {
 	if err := s.deleteRows(ctx, tx, r.Projection, r.Active); err != nil {

@@ -105,7 +105,7 @@ func (n Name) Sibling(object string) string {
 func (n Name) Literal() string { return "'" + n.Quoted() + "'" }
 
 // AppendLockKey is the key K of the shared advisory lock (bigint form) that every insert into the
-// events table takes before positions are allocated (DESIGN.md section 4).
+// events table takes before positions are allocated (docs/design.md, "The gap problem").
 func AppendLockKey(events Name) int64 {
 	h := fnv.New64a()
 	h.Write([]byte("eventline/append/" + events.String()))

@@ -1,7 +1,8 @@
 -- Events, aggregate heads, and the append lock that makes gap-safe reading possible.
 
 -- Every statement that inserts into the events table takes a shared advisory lock K before any
--- position is allocated, so that in-flight appenders are visible in pg_locks (DESIGN.md section 4).
+-- position is allocated, so that in-flight appenders are visible in pg_locks (docs/design.md,
+-- "The gap problem").
 -- The trigger below takes it in its WHEN clause, which PostgreSQL evaluates for every statement
 -- (INSERT and COPY alike) before any row, and which is false, so that the function is not called:
 -- that saves a PL/pgSQL call per statement (about 10% of append throughput). The function takes
