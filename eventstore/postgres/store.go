@@ -3,8 +3,8 @@
 //
 // The tables are created by package migrations. Every statement that inserts into the events
 // table takes a shared advisory lock first (a trigger does it, so raw INSERT and COPY are covered
-// too), and Append also locks its first position; package runner uses those locks to read without
-// ever skipping a late-committing event.
+// too), and Append also locks its first position when it is its transaction's first insert;
+// package runner uses those locks to read without ever skipping a late-committing event.
 package postgres
 
 import (
@@ -93,9 +93,14 @@ func (s *Store) buildSQL() {
 SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_version), max(aggregate_version)`
 	// The same statement takes the position lock: a shared advisory lock on the low 32 bits of
 	// the first position allocated, so the horizon tracker knows this appender holds nothing
-	// below it (DESIGN.md section 4).
+	// below it (docs/design.md, "The gap problem"). That is true only when the statement is the
+	// first insert of its transaction: the append lock trigger counts them in
+	// eventline.event_inserts (migration 0003). After a raw INSERT or COPY, or another Append, in
+	// the same transaction, no position lock is taken, and the tracker bounds the transaction by
+	// when it first saw it instead.
 	class := strconv.FormatInt(int64(sqlname.PositionLockClass(s.events)), 10)
-	insert += `, pg_advisory_xact_lock_shared(` + class + `, (min(global_position) & 4294967295)::bit(32)::integer)::text`
+	insert += `, CASE WHEN current_setting('eventline.event_inserts', true) = '1' THEN pg_advisory_xact_lock_shared(` +
+		class + `, (min(global_position) & 4294967295)::bit(32)::integer)::text END`
 	withInsert := func(head, channelParam string) string {
 		q := head + insert
 		if s.cfg.NotifyChannel != "" {
@@ -145,7 +150,7 @@ SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_vers
 }
 
 // Append writes events, all of one aggregate, in tx, after checking the aggregate's current
-// version against expected (DESIGN.md section 2). All events go in one statement. The aggregate
+// version against expected (docs/design.md, "The append side"). All events go in one statement. The aggregate
 // head row is locked for the rest of tx, so concurrent appends to one aggregate serialize.
 //
 // It returns eventstore.ErrNoEvents for an empty batch, an error matching
