@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -709,4 +710,33 @@ func TestRolledBackBuildReleasesTheBarrier(t *testing.T) {
 	require.Equal(t, 2, h.record("rb").Target.Version, "the build stays the target")
 	h.appendMany(ctx, 5)
 	h.requireExactlyOnce(v1.label())
+}
+
+// A trigger disabled while runners run stops the horizon (a writer then takes no append lock, so
+// its open transaction would be invisible to the tracker) with a clear error in Status; a hole
+// left by such a writer is waited for, not passed; and all is well once the trigger fires always
+// again.
+func TestDisabledTriggerStopsDeliveryVisibly(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	r, _ := h.startProc(h.fastConfig(), &recorder{name: "trig"})
+	h.appendMany(ctx, 2)
+	h.waitFor("applied", func() bool { return len(appliedPositions(t, h.db.Pool, "trig")) == 2 })
+	_, err := h.db.Pool.Exec(ctx, `ALTER TABLE events DISABLE TRIGGER eventline_append_lock`)
+	require.NoError(t, err)
+	h.waitFor("Status to say delivery stopped", func() bool {
+		sts := statusOf(t, r, "trig")
+		return len(sts) == 1 && strings.Contains(sts[0].LastError, "delivery stopped")
+	})
+	open, res := h.openAppend(ctx, "acct", "slow", 1) // takes no append lock now
+	h.appendMany(ctx, 1)
+	h.waitHeld(res.GlobalPositions()[0])
+	require.Len(t, appliedPositions(t, h.db.Pool, "trig"), 2, "the hole is not passed")
+	require.NoError(t, open.Commit(ctx))
+	h.waitFor("the late event and the one after it", func() bool { return len(appliedPositions(t, h.db.Pool, "trig")) == 4 })
+	require.Equal(t, committedPositions(t, h.db.Pool, ""), appliedPositions(t, h.db.Pool, "trig"))
+	_, err = h.db.Pool.Exec(ctx, `ALTER TABLE events ENABLE ALWAYS TRIGGER eventline_append_lock`)
+	require.NoError(t, err)
+	h.waitFor("the error to clear", func() bool { return statusOf(t, r, "trig")[0].LastError == "" })
 }

@@ -62,6 +62,14 @@ func (r *Runner) Status(ctx context.Context) ([]ProjectionStatus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
+	unsafe := ""
+	if tracker != nil {
+		if err := tracker.Unsafe(); err != nil {
+			// The events table lost what gap-safe reading needs (the append lock trigger was
+			// disabled, say): the horizon is frozen, so nothing beyond it is delivered.
+			unsafe = "delivery stopped: " + err.Error()
+		}
+	}
 	var out []ProjectionStatus
 	for _, g := range regs {
 		rec, err := r.lc.Get(ctx, r.pool, g.name)
@@ -87,9 +95,7 @@ func (r *Runner) Status(ctx context.Context) ([]ProjectionStatus, error) {
 			if err != nil {
 				return nil, err
 			}
-			if st.LastError == "" {
-				st.LastError = firstNonEmpty(rec.LastError, mgrErr)
-			}
+			st.LastError = firstNonEmpty(unsafe, st.LastError, rec.LastError, mgrErr)
 			out = append(out, st)
 		}
 	}
