@@ -234,12 +234,25 @@ func (r *Runner) Run(ctx context.Context) error {
 	regs := slices.Clone(r.regs)
 	r.mu.Unlock()
 
-	tracker, err := r.start(ctx, regs)
-	if err != nil {
+	// Start-up: a database that goes away meanwhile (a restart, a failover) is waited for;
+	// anything else (a missing trigger, a failing Setup) is returned.
+	var tracker *horizon.Tracker
+	for backoff := r.cfg.RetryMin; ; backoff = min(2*backoff, r.cfg.RetryMax) {
+		var err error
+		tracker, err = r.start(ctx, regs)
+		if err == nil {
+			break
+		}
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
-		return err
+		if !isTransient(err) {
+			return err
+		}
+		r.log.Warn("start-up failed, retrying", zap.Error(err), zap.Duration("delay", backoff))
+		if !sleep(ctx, backoff) {
+			return nil
+		}
 	}
 
 	// hardCtx outlives ctx by the shutdown timeout: batches in flight use it.
@@ -304,6 +317,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		tracker.Close(context.Background())
 		done <- err
 	}()
+	var err error
 	select {
 	case err = <-done:
 	case <-ctx.Done():

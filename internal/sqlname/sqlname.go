@@ -114,10 +114,12 @@ func AppendLockKey(events Name) int64 {
 }
 
 // PositionLockClass is the first key of the two-key shared advisory lock that Append takes on the
-// low 32 bits of the first position it allocated in a statement. The tracker uses it to
-// ignore appenders whose positions all lie above a hole.
+// low 32 bits of its first position, when its statement is the transaction's first insert into the
+// events table (docs/design.md, "The gap problem"). The tracker uses it to ignore appenders whose
+// positions all lie above a hole. The "v2" in the derivation makes the tracker ignore the locks of
+// older Append code, which took it on every statement, during a rolling upgrade.
 func PositionLockClass(events Name) int32 {
 	h := fnv.New32a()
-	h.Write([]byte("eventline/position/" + events.String()))
+	h.Write([]byte("eventline/position/v2/" + events.String()))
 	return int32(h.Sum32() | 1<<31)
 }
