@@ -113,7 +113,15 @@ func (g *registration) setup(ctx context.Context, declared []int) error {
 		s, _ = g.detached.(projector.Setup)
 	}
 	if s != nil {
-		if err := pgx.BeginFunc(ctx, g.r.pool, func(tx pgx.Tx) error { return s.Setup(ctx, tx) }); err != nil {
+		err := pgx.BeginFunc(ctx, g.r.pool, func(tx pgx.Tx) error {
+			// Processes starting together run Setup one at a time: concurrent CREATE ... IF NOT
+			// EXISTS statements can still collide in the catalog.
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('eventline/setup/' || $1, 0))`, g.name); err != nil {
+				return err
+			}
+			return s.Setup(ctx, tx)
+		})
+		if err != nil {
 			return fmt.Errorf("runner: projection %q: setup: %w", g.name, err)
 		}
 	}
