@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -108,12 +109,16 @@ type Config struct {
 	NodesTable string
 	// ProjectionsTable (the lifecycle records) defaults to "eventline_projections".
 	ProjectionsTable string
+	// ProgressChannel, when set, is notified (payload: the projection's name) in every
+	// transaction that moves a checkpoint, so that waiters for read-your-writes wake on commit.
+	ProgressChannel string
 }
 
 // Store reads and writes checkpoints. It holds no connection and is safe for concurrent use.
 type Store struct {
 	table, dead, nodes, projections string
 	saveSQL                         string
+	notify                          bool // saveSQL notifies the progress channel
 }
 
 // New validates cfg's names and returns a Store.
@@ -143,8 +148,22 @@ func New(cfg Config) (*Store, error) {
 		}
 		*f.dst = n.Quoted()
 	}
-	s.saveSQL = `UPDATE ` + s.table + ` SET position = $6, updated_at = now()` + where + `
-		AND position = $5 AND owner = $7 AND failed_position IS NULL AND ` + lifecycle.ApplyCondition(s.projections, "$6")
+	if cfg.ProgressChannel != "" {
+		if err := sqlname.Channel(cfg.ProgressChannel); err != nil {
+			return nil, fmt.Errorf("checkpoint config: progress channel: %w", err)
+		}
+	}
+	// One statement: the compare-and-set, and the progress notification only if it matched (it
+	// is sent when the transaction commits).
+	s.saveSQL = `WITH saved AS (UPDATE ` + s.table + ` SET position = $6, updated_at = now()` + where + `
+		AND position = $5 AND owner = $7 AND failed_position IS NULL AND ` + lifecycle.ApplyCondition(s.projections, "$6") + `
+		RETURNING 1)
+		SELECT count(*)`
+	if cfg.ProgressChannel != "" {
+		s.notify = true
+		s.saveSQL += `, count(pg_notify(` + quoteLiteral(cfg.ProgressChannel) + `, $1))`
+	}
+	s.saveSQL += ` FROM saved`
 	return &s, nil
 }
 
@@ -195,15 +214,23 @@ func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, owner string, from
 	if owner == "" {
 		return fmt.Errorf("save checkpoint %s: no owner", key)
 	}
-	tag, err := tx.Exec(ctx, s.saveSQL, key.argsWith(from, to, owner)...)
-	if err != nil {
+	var n int64
+	var notified *int64
+	dst := []any{&n}
+	if s.notify {
+		dst = append(dst, &notified)
+	}
+	if err := tx.QueryRow(ctx, s.saveSQL, key.argsWith(from, to, owner)...).Scan(dst...); err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", key, err)
 	}
-	if tag.RowsAffected() != 1 {
+	if n != 1 {
 		return fmt.Errorf("save checkpoint %s from %d to %d: %w", key, from, to, ErrConflict)
 	}
 	return nil
 }
+
+// quoteLiteral quotes a validated channel name as an SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // Projection returns every checkpoint of a projection (all versions and partitions), ordered by
 // version and partition. With lock, the rows are locked until tx ends (db must then be a pgx.Tx).

@@ -27,6 +27,7 @@ const (
 	LeaseDefault           = 5 * time.Second
 	NodeTimeoutDefault     = 5 * time.Second
 	ControlChannelDefault  = "eventline_control"
+	ProgressChannelDefault = "eventline_progress"
 )
 
 // Config configures a Runner. The zero value is valid: every field has a default.
@@ -93,6 +94,10 @@ type Config struct {
 	// ControlChannel is the LISTEN/NOTIFY channel on which runner processes tell each other to
 	// rebalance now (one joined, one left). Defaults to "eventline_control".
 	ControlChannel string
+	// ProgressChannel is notified, with the projection's name, by every batch transaction that
+	// moves a checkpoint, so that read-your-writes waiters (Waiter, Runner.WaitApplied) wake on
+	// commit instead of polling. Defaults to "eventline_progress".
+	ProgressChannel string
 	// Hooks observe the runner (metrics, tests). Optional.
 	Hooks Hooks
 }
@@ -173,6 +178,7 @@ func (c Config) withDefaults(storeChannel string) Config {
 	if c.ControlChannel == "" {
 		c.ControlChannel = ControlChannelDefault
 	}
+	setStr(&c.ProgressChannel, ProgressChannelDefault)
 	return c
 }
 
@@ -230,6 +236,24 @@ type options struct {
 	policy        FailurePolicy
 	replayHistory bool
 	sequenced     bool
+	start         int64
+	startAtEnd    bool
+}
+
+// WithStartAt makes a projection (or detached handler) that was never deployed start after
+// position, instead of from the beginning: events at or before it are never handed to it. It only
+// matters the first time: a projection that has a lifecycle record keeps its checkpoints, and a
+// new version of it is built from the beginning. To move an existing projection, use
+// `eventline move NAME --to POSITION` on a paused one.
+func WithStartAt(position int64) Option {
+	return func(o *options) { o.start, o.startAtEnd = max(0, position), false }
+}
+
+// WithStartAtEnd makes a projection that was never deployed start at the end of the log as it is
+// when the runner starts (the horizon: every position at or below it is settled), so that only
+// events appended afterwards are handed to it. Like WithStartAt, only the first deploy uses it.
+func WithStartAtEnd() Option {
+	return func(o *options) { o.start, o.startAtEnd = 0, true }
 }
 
 // WithSequencedDeadLetters sets whether, under the DeadLetter policy, the later events of an

@@ -740,3 +740,82 @@ func TestDisabledTriggerStopsDeliveryVisibly(t *testing.T) {
 	require.NoError(t, err)
 	h.waitFor("the error to clear", func() bool { return statusOf(t, r, "trig")[0].LastError == "" })
 }
+
+// Where a projection starts the first time: the beginning (default), the end, or a position; a
+// later start keeps the checkpoint.
+func TestStartPositions(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	history := h.appendMany(ctx, 5)
+	for _, c := range []struct {
+		name string
+		opt  []runner.Option
+		want func(later []int64) []int64
+	}{
+		{"begin", nil, func(later []int64) []int64 { return append(slices.Clone(history), later...) }},
+		{"end", []runner.Option{runner.WithStartAtEnd()}, func(later []int64) []int64 { return later }},
+		{"after2", []runner.Option{runner.WithStartAt(history[1])}, func(later []int64) []int64 { return append(slices.Clone(history[2:]), later...) }},
+	} {
+		r, err := runner.New(h.db.Pool, h.store, h.fastConfig())
+		require.NoError(t, err)
+		require.NoError(t, r.Register(&recorder{name: c.name}, c.opt...))
+		stop := h.run(r)
+		h.waitFor(c.name+" deployed", func() bool { return h.record(c.name).Active.Version == 1 })
+		later := h.appendMany(ctx, 2)
+		h.waitFor(c.name+" caught up", func() bool { return len(appliedPositions(t, h.db.Pool, c.name)) == len(c.want(later)) })
+		require.Equal(t, c.want(later), appliedPositions(t, h.db.Pool, c.name), c.name)
+		stop()
+		history = append(history, later...)
+	}
+	// A restart with another start option keeps the checkpoint.
+	r, err := runner.New(h.db.Pool, h.store, h.fastConfig())
+	require.NoError(t, err)
+	require.NoError(t, r.Register(&recorder{name: "end"}, runner.WithStartAt(0)))
+	h.run(r)
+	more := h.appendMany(ctx, 1)
+	h.waitFor("end caught up", func() bool { return slices.Contains(appliedPositions(t, h.db.Pool, "end"), more[0]) })
+	require.NotContains(t, appliedPositions(t, h.db.Pool, "end"), history[0])
+}
+
+// Read-your-writes: a Waiter in a process that runs no runner returns once the projection (the
+// partition of the aggregate) has applied the appended position, woken by the progress
+// notification; it times out with the context while the projection is paused.
+func TestReadYourWrites(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	p := newVProj("ryw", 1, 3)
+	r, _ := h.startProc(h.fastConfig(), p)
+	w, err := runner.NewWaiter(h.db.Pool, runner.WaiterConfig{})
+	require.NoError(t, err)
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = w.Run(wctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	h.waitFor("the waiter to run", func() bool {
+		err := w.Wait(ctx, "ryw", 0, "")
+		return !errors.Is(err, runner.ErrWaiterNotRunning)
+	})
+	for i := 0; i < 20; i++ {
+		id := fmt.Sprint("acct-", i)
+		res := h.appendOne(ctx, "acct", id, 1)
+		start := time.Now()
+		dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+		require.NoError(t, w.Wait(dctx, "ryw", res.GlobalPositions()[0], id))
+		dcancel()
+		var n int
+		require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT count(*) FROM applied WHERE projection = $1 AND global_position = $2`,
+			p.label(), res.GlobalPositions()[0]).Scan(&n))
+		require.Equal(t, 1, n, "the read model has the write when Wait returns")
+		require.Less(t, time.Since(start), time.Second, "woken by notification, not by the once-a-second re-check")
+	}
+	require.NoError(t, r.Pause(ctx, "ryw"))
+	res := h.appendOne(ctx, "acct", "paused", 1)
+	dctx, dcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer dcancel()
+	require.ErrorIs(t, w.Wait(dctx, "ryw", res.GlobalPositions()[0], "paused"), context.DeadlineExceeded)
+	require.NoError(t, r.Resume(ctx, "ryw"))
+	require.NoError(t, r.WaitApplied(ctx, "ryw", res.GlobalPositions()[0], "paused"))
+}

@@ -31,8 +31,10 @@ type registration struct {
 	match     projector.Matcher
 	policy    FailurePolicy
 	sequenced bool // park the later events of an aggregate behind its parked one
-	log       *zap.Logger
-	wake      chan struct{}
+	// startAtEnd: a first deploy starts at the horizon when the runner starts.
+	startAtEnd bool
+	log        *zap.Logger
+	wake       chan struct{}
 
 	mu     sync.Mutex
 	rec    lifecycle.Record

@@ -86,10 +86,12 @@ type Runner struct {
 	started bool
 	tracker *horizon.Tracker
 	wake    *broadcast
-	pages   *pageReader
-	nodeID  string
-	control chan struct{} // wakes the ownership coordinator
-	lagSQL  string
+	// progress is signalled on every progress notification (any process's checkpoint moved).
+	progress *broadcast
+	pages    *pageReader
+	nodeID   string
+	control  chan struct{} // wakes the ownership coordinator
+	lagSQL   string
 }
 
 // New returns a runner reading store's events table through pool.
@@ -101,7 +103,7 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	for _, ch := range []string{cfg.NotifyChannel, cfg.ControlChannel} {
+	for _, ch := range []string{cfg.NotifyChannel, cfg.ControlChannel, cfg.ProgressChannel} {
 		if ch == "" {
 			continue
 		}
@@ -110,7 +112,7 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 		}
 	}
 	cps, err := checkpoint.New(checkpoint.Config{Table: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable,
-		NodesTable: cfg.NodesTable, ProjectionsTable: cfg.ProjectionsTable})
+		NodesTable: cfg.NodesTable, ProjectionsTable: cfg.ProjectionsTable, ProgressChannel: cfg.ProgressChannel})
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
 	}
@@ -125,19 +127,20 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageCache)
 	pages.onRead = cfg.Hooks.PageRead
 	return &Runner{
-		pool:    pool,
-		store:   store,
-		cfg:     cfg,
-		log:     cfg.Logger.Named("runner"),
-		cps:     cps,
-		lc:      lifecycle.New(names["projections table"], names["checkpoints table"], names["dead letters table"]),
-		byName:  map[string]*registration{},
-		workers: map[checkpoint.Key]*worker{},
-		wake:    newBroadcast(),
-		pages:   pages,
-		nodeID:  newNodeID(),
-		control: make(chan struct{}, 1),
-		lagSQL:  `SELECT created_at FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`,
+		pool:     pool,
+		store:    store,
+		cfg:      cfg,
+		log:      cfg.Logger.Named("runner"),
+		cps:      cps,
+		lc:       lifecycle.New(names["projections table"], names["checkpoints table"], names["dead letters table"]),
+		byName:   map[string]*registration{},
+		workers:  map[checkpoint.Key]*worker{},
+		wake:     newBroadcast(),
+		progress: newBroadcast(),
+		pages:    pages,
+		nodeID:   newNodeID(),
+		control:  make(chan struct{}, 1),
+		lagSQL:   `SELECT created_at FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`,
 	}, nil
 }
 
@@ -152,6 +155,11 @@ func (r *Runner) Checkpoints() *checkpoint.Store { return r.cps }
 func (r *Runner) Register(p projector.Projection, opts ...Option) error {
 	if p == nil {
 		return errors.New("runner: nil projection")
+	}
+	if v, ok := p.(projector.Validator); ok {
+		if err := v.Validate(); err != nil {
+			return fmt.Errorf("register %q: %w", p.Name(), err)
+		}
 	}
 	return r.add(p.Name(), p, nil, opts)
 }
@@ -204,14 +212,15 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 		r:    r,
 		name: name,
 		code: lifecycle.Code{Layout: lifecycle.Layout{Version: version, Partitions: parts},
-			Detached: d != nil, Resettable: resettable && d == nil, Replay: o.replayHistory},
-		proj:      p,
-		detached:  d,
-		match:     projector.NewMatcher(f),
-		policy:    o.policy,
-		sequenced: o.policy == DeadLetter && o.sequenced,
-		log:       r.log.With(zap.String("projection", name), zap.Int("version", version)),
-		wake:      make(chan struct{}, 1),
+			Detached: d != nil, Resettable: resettable && d == nil, Replay: o.replayHistory, Start: o.start},
+		proj:       p,
+		detached:   d,
+		match:      projector.NewMatcher(f),
+		policy:     o.policy,
+		sequenced:  o.policy == DeadLetter && o.sequenced,
+		startAtEnd: o.startAtEnd,
+		log:        r.log.With(zap.String("projection", name), zap.Int("version", version)),
+		wake:       make(chan struct{}, 1),
 	}
 	r.regs = append(r.regs, g)
 	r.byName[name] = g
@@ -398,6 +407,9 @@ func (r *Runner) start(ctx context.Context, regs []*registration) (*horizon.Trac
 	r.tracker, r.nodes = tracker, nodes
 	r.mu.Unlock()
 	for _, g := range regs {
+		if g.startAtEnd {
+			g.code.Start = tracker.Horizon()
+		}
 		if err := g.setup(ctx, r.declared(g.name, g.code.Version)); err != nil {
 			tracker.Close(context.Background())
 			return nil, err
@@ -459,6 +471,7 @@ func (r *Runner) listen(ctx context.Context) error {
 		l.Handle(r.cfg.NotifyChannel, wakeHandler{r})
 	}
 	l.Handle(r.cfg.ControlChannel, controlHandler{r})
+	l.Handle(r.cfg.ProgressChannel, progressHandler{r.progress})
 	if err := l.Listen(ctx); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("runner: listen: %w", err)
 	}

@@ -110,7 +110,7 @@ func (a *app) projectionArg(c *command, args []string) (string, error) {
 // errors (no such projection, a rebuild that cannot be carried out) read best without the
 // lifecycle's wrapping, as "rebuild NAME: <why>".
 func refused(verb, name string, err error) error {
-	for _, e := range []error{lifecycle.ErrNotFound, lifecycle.ErrDetachedRebuild, lifecycle.ErrNotResettable} {
+	for _, e := range []error{lifecycle.ErrNotFound, lifecycle.ErrDetachedRebuild, lifecycle.ErrNotResettable, lifecycle.ErrRunning} {
 		if errors.Is(err, e) {
 			return fmt.Errorf("%s %s: %w", verb, name, e)
 		}
@@ -161,6 +161,36 @@ its read model.`)
 		if r.Paused {
 			fmt.Fprintf(a.stdout, "%s is paused: it replays nothing until 'eventline resume %s'\n", name, name)
 		}
+		return nil
+	})
+}
+
+func (a *app) cmdReset(ctx context.Context, args []string) error {
+	c := a.newCommand("reset", "--to POSITION NAME",
+		`Moves every unit of projection NAME's active version to POSITION: forwards to skip events
+(a poison event, history the read model does not need), backwards to apply events again. The
+read model is not touched: what it already holds stays. It is refused (exit 1) while the
+projection runs: pause it first, or it must be stopped by a failing handler; and while a version
+or partition change is in progress. Failures are cleared; a pause stays, so 'eventline resume
+NAME' starts it from POSITION.`)
+	to := c.Int64("to", -1, "the position to move to (`POSITION`, 0 is the beginning)")
+	name, err := a.projectionArg(c, args)
+	if err != nil {
+		return err
+	}
+	if *to < 0 {
+		return usageErrorf(c.name, "%s: --to POSITION is required (0 or more)", c.name)
+	}
+	return a.withStore(ctx, c.name, func(db *dbConn) error {
+		var before []int64
+		err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) (err error) {
+			before, err = db.lc.MoveTo(ctx, tx, name, *to)
+			return err
+		})
+		if err != nil {
+			return refused("reset", name, err)
+		}
+		fmt.Fprintf(a.stdout, "moved %s to position %d (from %v)\n", name, *to, before)
 		return nil
 	})
 }

@@ -15,6 +15,7 @@
 //	rebuild NAME                              empty a projection's read model and replay it from 0
 //	pause NAME                                stop applying events to a projection
 //	resume NAME                               apply events again (also clears failures)
+//	reset --to POSITION NAME                  move a paused or stopped projection to a position
 //	dead-letters list [--projection NAME] [--json]
 //	dead-letters retry ID                     run the handler on a parked event again
 //	dead-letters discard ID                   delete a parked event
@@ -58,6 +59,11 @@
 // would repeat its side effects) and a projection without Reset (it would apply every event a
 // second time); a runner that cannot carry a request out clears it and says why in the record's
 // last error, which status shows.
+//
+// reset --to POSITION moves every unit of the active version to POSITION without touching the read
+// model: forwards to skip events, backwards to apply some again. It is refused while the
+// projection runs (pause it first, or it must be stopped by a failure) and while a version or
+// partition change is in progress; it clears failures and keeps the pause.
 //
 // # Status
 //

@@ -169,6 +169,7 @@ Commands:
   rebuild NAME                               empty a projection's read model and replay it from 0
   pause NAME                                 stop applying events to a projection
   resume NAME                                apply events to a projection again (clears failures)
+  reset --to POSITION NAME                   move a paused or stopped projection to a position
   dead-letters list [--projection NAME] [--json]
                                              list parked events
   dead-letters retry ID                      run the handler on a parked event again
@@ -184,7 +185,7 @@ const exitCodesHelp = `
 Exit codes:
   0  success
   1  operational error (database unreachable, SQL error) or refused request (rebuild of a
-     detached handler or of a projection without Reset)
+     detached handler or of a projection without Reset, reset of a running projection)
   2  usage error (unknown command, bad flag, missing argument, invalid table name, no database URL)
   3  not found (unknown projection or dead letter)
 `
@@ -227,6 +228,8 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		return a.cmdPause(ctx, rest)
 	case "resume":
 		return a.cmdResume(ctx, rest)
+	case "reset":
+		return a.cmdReset(ctx, rest)
 	case "dead-letters":
 		return a.cmdDeadLetters(ctx, rest)
 	case "help":

@@ -769,3 +769,41 @@ func closedPortURL(t *testing.T) string {
 	require.NoError(t, l.Close())
 	return "postgres://eventline@" + addr + "/eventline?connect_timeout=2&sslmode=disable"
 }
+
+// reset moves a paused or stopped projection; it is refused while the projection runs or changes.
+func TestReset(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	pos := func(key checkpoint.Key) checkpoint.Checkpoint {
+		cp, err := f.cps.Get(t.Context(), f.db.Pool, key)
+		require.NoError(t, err)
+		return cp
+	}
+
+	r := f.cli(t, "reset", "--to", "2", "orders")
+	require.Equal(t, exitError, r.code, r.stderr)
+	require.Contains(t, r.stderr, "the projection is running: pause it first")
+	require.EqualValues(t, 4, pos(checkpoint.Key{Projection: "orders"}).Position, "nothing moved")
+
+	r = f.cli(t, "reset", "--to", "9", "totals") // stopped by a failure
+	requireOK(t, r)
+	require.Equal(t, "moved totals to position 9 (from [6])\n", r.stdout)
+	cp := pos(checkpoint.Key{Projection: "totals"})
+	require.EqualValues(t, 9, cp.Position)
+	require.False(t, cp.Stopped(), "the failure is cleared")
+
+	r = f.cli(t, "reset", "--to", "2", "mailer") // paused
+	requireOK(t, r)
+	require.EqualValues(t, 2, pos(checkpoint.Key{Projection: "mailer"}).Position)
+	require.True(t, f.paused(t, "mailer"), "the pause stays")
+
+	requireOK(t, f.cli(t, "pause", "search"))
+	r = f.cli(t, "reset", "--to", "0", "search")
+	require.Equal(t, exitError, r.code)
+	require.Contains(t, r.stderr, "a change to v3/1 is in progress")
+
+	r = f.cli(t, "reset", "orders")
+	require.Equal(t, exitUsage, r.code)
+	r = f.cli(t, "reset", "--to", "1", "nope")
+	require.Equal(t, exitNotFound, r.code)
+}

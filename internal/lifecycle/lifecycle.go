@@ -151,6 +151,9 @@ type Code struct {
 	// Detached: a detached handler. Resettable: the projection can empty its read model.
 	// Replay: a new version of a detached handler replays the history.
 	Detached, Resettable, Replay bool
+	// Start is where the first deploy of the projection starts (0: the beginning); later versions
+	// and partition counts do not use it.
+	Start int64
 }
 
 // Store reads and changes lifecycle records. It holds no connection and is safe for concurrent
@@ -349,7 +352,11 @@ func (s *Store) Deploy(ctx context.Context, tx pgx.Tx, name string, code Code, d
 		return "", fmt.Errorf("create projection %q: %w", name, err)
 	}
 	if tag.RowsAffected() == 1 {
-		return "created " + code.Layout.String(), s.createRows(ctx, tx, name, code.Layout, 0)
+		change := "created " + code.Layout.String()
+		if code.Start > 0 {
+			change += fmt.Sprintf(" from position %d", code.Start)
+		}
+		return change, s.createRows(ctx, tx, name, code.Layout, max(0, code.Start))
 	}
 	r, err := s.mustLock(ctx, tx, name)
 	if err != nil {
@@ -577,6 +584,46 @@ func (s *Store) Resume(ctx context.Context, tx pgx.Tx, name string) error {
 	}
 	r.Paused, r.LastError = false, ""
 	return s.save(ctx, tx, r)
+}
+
+// ErrRunning: the operation needs the projection paused or stopped.
+var ErrRunning = errors.New("the projection is running: pause it first (eventline pause NAME)")
+
+// MoveTo moves every unit of the active layout to position, for an operator who skips events
+// (forwards) or applies some again (backwards); the read model is not touched. It is refused while
+// the projection runs: it must be paused, or every active unit stopped by a failure, and no change
+// of layout may be in progress. Unit failures are cleared (a stopped unit runs again from the new
+// position unless the projection is paused); the pause stays. It returns the positions before.
+func (s *Store) MoveTo(ctx context.Context, tx pgx.Tx, name string, position int64) ([]int64, error) {
+	if position < 0 {
+		return nil, fmt.Errorf("move %q: position %d is negative", name, position)
+	}
+	r, err := s.mustLock(ctx, tx, name)
+	if err != nil {
+		return nil, err
+	}
+	if r.HasTarget() {
+		return nil, fmt.Errorf("move %q: a change to %s is in progress; wait for it or roll it back", name, r.Target)
+	}
+	old, err := s.lockPositions(ctx, tx, name, r.Active)
+	if err != nil {
+		return nil, err
+	}
+	if !r.Paused {
+		var stopped int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+s.cp+` WHERE projection = $1 AND version = $2 AND partitions = $3
+			AND failed_position IS NOT NULL`, name, r.Active.Version, r.Active.Partitions).Scan(&stopped); err != nil {
+			return nil, fmt.Errorf("move %q: %w", name, err)
+		}
+		if stopped < len(old) {
+			return nil, fmt.Errorf("move %q: %w", name, ErrRunning)
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE `+s.cp+` SET position = $4, failed_position = NULL, last_error = NULL, updated_at = now()
+		WHERE projection = $1 AND version = $2 AND partitions = $3`, name, r.Active.Version, r.Active.Partitions, position); err != nil {
+		return nil, fmt.Errorf("move %q: %w", name, err)
+	}
+	return old, s.save(ctx, tx, r)
 }
 
 // RequestRebuild records an operator's request to rebuild the active version; a runner process
