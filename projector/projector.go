@@ -3,8 +3,9 @@
 // effects outside the database.
 //
 // A projection is anything with a Name and a Handle method. It may also implement Filter (only
-// some aggregate or event types), Setup (create its tables) and Resetter (empty them for a
-// rebuild). Router saves writing a type switch: register one typed function per event type.
+// some aggregate or event types), Setup (create its tables), Resetter (empty them for a
+// rebuild) and Validator (runner.Register refuses it when Validate fails). Router saves writing
+// a type switch: register one typed function per event type (a Router without any is refused).
 package projector
 
 import (
@@ -51,6 +52,13 @@ type Setup interface {
 // It runs in the transaction that moves the checkpoint back to 0.
 type Resetter interface {
 	Reset(ctx context.Context, tx pgx.Tx) error
+}
+
+// Validator is an optional interface: runner.Register calls Validate and refuses the projection
+// when it returns an error (a Router with no handlers, say), instead of running a projection that
+// could never do anything.
+type Validator interface {
+	Validate() error
 }
 
 // Detached handles events outside the database: e-mail, HTTP calls, queues. Delivery is

@@ -3,6 +3,7 @@ package projector
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -29,7 +30,12 @@ var (
 	_ Filter     = (*Router)(nil)
 	_ Setup      = (*Router)(nil)
 	_ Resetter   = (*Router)(nil)
+	_ Validator  = (*Router)(nil)
 )
+
+// ErrNoHandlers is returned by Router.Validate (hence by runner.Register) for a Router that has no
+// handler: it would skip every event and silently project nothing.
+var ErrNoHandlers = errors.New("projector: router has no handlers (register one per event type with projector.On)")
 
 // RouterOption configures a Router.
 type RouterOption func(*Router)
@@ -85,6 +91,14 @@ func On[P any](r *Router, eventType string, handle func(ctx context.Context, tx 
 
 // Name implements Projection.
 func (r *Router) Name() string { return r.name }
+
+// Validate implements Validator: a Router needs at least one handler (ErrNoHandlers).
+func (r *Router) Validate() error {
+	if len(r.handlers) == 0 {
+		return fmt.Errorf("router %q: %w", r.name, ErrNoHandlers)
+	}
+	return nil
+}
 
 // Handle implements Projection: each event goes to its type's function, in order.
 func (r *Router) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.PersistedEvent) error {

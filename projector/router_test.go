@@ -42,3 +42,12 @@ func TestRouterDecodesAndRoutes(t *testing.T) {
 	require.False(t, m.Match(&other))
 	require.True(t, projector.NewMatcher(nil).All())
 }
+
+func TestRouterWithoutHandlersIsInvalid(t *testing.T) {
+	r := projector.NewRouter("balances", projector.WithAggregateTypes("account"))
+	err := r.Validate()
+	require.ErrorIs(t, err, projector.ErrNoHandlers)
+	require.ErrorContains(t, err, `router "balances"`)
+	projector.On(r, "Deposited", func(context.Context, pgx.Tx, eventstore.PersistedEvent, deposited) error { return nil })
+	require.NoError(t, r.Validate())
+}

@@ -2,19 +2,31 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
-	"github.com/eventline/eventline/internal/pgtest"
+	"github.com/eventline/eventline/eventlinetest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	code := eventlinetest.Run(m)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "the demo leaked goroutines:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 func freeAddr(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -26,7 +38,7 @@ func freeAddr(t *testing.T) string {
 // The demo runs, stops by itself, and leaves read models that agree with the events: v1 and the
 // v2 rebuilt from zero while writers kept going.
 func TestDemo(t *testing.T) {
-	db := pgtest.NewDatabase(t)
+	db := eventlinetest.NewDatabase(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	addr := freeAddr(t)

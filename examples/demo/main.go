@@ -35,9 +35,9 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventline/eventline/eventlinetest"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
-	"github.com/eventline/eventline/internal/pgtest"
 	eventlineprom "github.com/eventline/eventline/metrics/prometheus"
 	"github.com/eventline/eventline/migrations"
 	"github.com/eventline/eventline/projector"
@@ -79,7 +79,7 @@ func run() error {
 		fmt.Println("starting a throwaway PostgreSQL (set DATABASE_URL to use yours)...")
 		var cleanup func() error
 		var err error
-		url, cleanup, err = pgtest.Throwaway(ctx)
+		url, cleanup, err = eventlinetest.Throwaway(ctx)
 		if err != nil {
 			return err
 		}

@@ -73,10 +73,16 @@ type harness struct {
 // tests, drops what it created, stops what it started, and, when the tests passed, fails the
 // binary if they leaked goroutines (goleak.Find with leakOptions).
 func Main(m *testing.M, leakOptions ...goleak.Option) {
-	os.Exit(run(m, leakOptions))
+	os.Exit(run(m, true, leakOptions))
 }
 
-func run(m *testing.M, leakOptions []goleak.Option) (code int) {
+// Run is Main without the goroutine leak check, returning the exit code instead of exiting: for
+// package eventlinetest, whose users' goroutines are their own business.
+func Run(m *testing.M) int {
+	return run(m, false, nil)
+}
+
+func run(m *testing.M, checkLeaks bool, leakOptions []goleak.Option) (code int) {
 	h, err := setUp()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
@@ -91,7 +97,7 @@ func run(m *testing.M, leakOptions []goleak.Option) (code int) {
 				code = 1
 			}
 		}
-		if code == 0 {
+		if code == 0 && checkLeaks {
 			if err := goleak.Find(leakOptions...); err != nil {
 				fmt.Fprintf(os.Stderr, "pgtest: the tests leaked goroutines: %v\n", err)
 				code = 1
