@@ -127,10 +127,11 @@ func (r *pageReader) prefetch(from, h int64, gen uint64) {
 	if _, ok := r.inflight[from]; ok {
 		return
 	}
+	bg := r.bg
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		_, _ = r.load(r.bg, from, h, gen) // an error is met again by the projection that needs the page
+		_, _ = r.load(bg, from, h, gen) // an error is met again by the projection that needs the page
 	}()
 }
 
@@ -141,7 +142,15 @@ func (r *pageReader) start(ctx context.Context) {
 	r.bg = ctx
 }
 
-func (r *pageReader) wait() { r.wg.Wait() }
+// wait disables prefetching and waits for the prefetches in flight. Clearing bg under mu orders
+// every prefetch's wg.Add (made under mu after checking bg) before Wait: subscriptions may ask for
+// a prefetch while Run stops.
+func (r *pageReader) wait() {
+	r.mu.Lock()
+	r.bg = nil
+	r.mu.Unlock()
+	r.wg.Wait()
+}
 
 // read reads the visible events after from and keeps the prefix that is safe to apply: every
 // event at or below the horizon h, then only the contiguous run above max(from, h)

@@ -20,6 +20,14 @@
 // from it, once every live process of the version declares the new count. Rolling back is normal:
 // a process with an older version idles (Status says why); a process with another partition
 // count runs the layout the record names.
+//
+// Subscriptions serve consumers that keep their position elsewhere (a relay to a broker, a
+// websocket, another service), with no checkpoint row: Subscribe returns an iterator over batches
+// of events in global order, from the beginning, from the end or after a position, optionally
+// filtered. It has the projections' no-skip guarantee and shares the process's horizon, wake-ups
+// and page reads with them, so it needs Run running (with or without projections):
+//
+//	for batch, err := range r.Subscribe(ctx, runner.After(lastSent)) { ... }
 package runner
 
 import (
@@ -89,6 +97,7 @@ type Runner struct {
 	// progress is signalled on every progress notification (any process's checkpoint moved).
 	progress *broadcast
 	pages    *pageReader
+	life     runLife // Run's lifetime, for subscriptions (subscribe.go)
 	nodeID   string
 	control  chan struct{} // wakes the ownership coordinator
 	lagSQL   string
@@ -242,6 +251,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.started = true
 	regs := slices.Clone(r.regs)
 	r.mu.Unlock()
+	defer r.life.over()
 
 	// Start-up: a database that goes away meanwhile (a restart, a failover) is waited for;
 	// anything else (a missing trigger, a failing Setup) is returned.
@@ -280,6 +290,7 @@ func (r *Runner) Run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	r.pages.start(gctx)
+	r.life.up(tracker, gctx)
 	g.Go(func() error {
 		return tracker.Run(gctx, r.cfg.HorizonInterval, r.cfg.HorizonMinGap, func(err error) {
 			r.log.Warn("horizon refresh failed", zap.Error(err))
