@@ -12,6 +12,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"path"
 	"sort"
@@ -131,6 +132,11 @@ func Files(cfg Config) ([]Migration, error) {
 		"Projections":    n.projections.Quoted(),
 		"AppendLockFunc": n.events.Sibling("eventline_append_lock"),
 		"AppendLockKey":  strconv.FormatInt(sqlname.AppendLockKey(n.events), 10),
+		// Migration 0005: the append function of this events table, and the position lock
+		// class it takes like Append.
+		"AppendFunc":        appendFunc(n.events),
+		"UUIDv7Func":        n.events.Sibling("eventline_uuid_v7"),
+		"PositionLockClass": strconv.FormatInt(int64(sqlname.PositionLockClass(n.events)), 10),
 	}
 	entries, err := fs.ReadDir(sqlFiles, "sql")
 	if err != nil {
@@ -160,6 +166,30 @@ func Files(cfg Config) ([]Migration, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
 	return out, nil
+}
+
+// AppendFunc returns the name of the SQL function through which writers that are not Go append to
+// cfg's events table with Store.Append's guarantees (migration 0005; docs/design.md, "Raw SQL
+// writers"), quoted and in the events table's schema: eventline_append_<events table>, e.g.
+// eventline_append_events. Each events table has its own, since it writes to that table and its
+// heads table; a name beyond PostgreSQL's 63 bytes is shortened, with a hash of the table's name.
+func AppendFunc(cfg Config) (string, error) {
+	n, err := cfg.validate()
+	if err != nil {
+		return "", err
+	}
+	return appendFunc(n.events), nil
+}
+
+func appendFunc(events sqlname.Name) string {
+	const prefix, maxLen = "eventline_append_", 63
+	name := prefix + events.Table
+	if len(name) > maxLen {
+		h := fnv.New32a()
+		h.Write([]byte(events.String()))
+		name = fmt.Sprintf("%s%s_%08x", prefix, events.Table[:maxLen-len(prefix)-9], h.Sum32())
+	}
+	return events.Sibling(name)
 }
 
 // SQL returns all migrations for cfg as one script, each preceded by a comment with its name.

@@ -3,6 +3,7 @@ package migrations_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -333,4 +334,61 @@ func TestUpgradeToLifecycleRecords(t *testing.T) {
 	applied, err = migrations.Apply(ctx, db.Pool, cfg)
 	require.NoError(t, err)
 	require.Empty(t, applied)
+}
+
+func TestAppendFuncNames(t *testing.T) {
+	t.Parallel()
+	long1 := "a23456789012345678901234567890123456789012345678901234567890ab1"
+	long2 := "a23456789012345678901234567890123456789012345678901234567890ab2"
+	for cfg, want := range map[string]string{
+		"":                `"eventline_append_events"`,
+		"shop.Events":     `"shop"."eventline_append_Events"`,
+		"ledger":          `"eventline_append_ledger"`,
+		"app." + long1:    `"app"."eventline_append_a234567890123456789012345678901234567_`,
+		"app." + long2:    `"app"."eventline_append_a234567890123456789012345678901234567_`,
+		long1:             `"eventline_append_a234567890123456789012345678901234567_`,
+		"x.eventline_app": `"x"."eventline_append_eventline_app"`,
+	} {
+		name, err := migrations.AppendFunc(migrations.Config{EventsTable: cfg})
+		require.NoError(t, err)
+		require.Contains(t, name, want, cfg)
+		table := name[strings.LastIndex(name, `."`)+1:]
+		require.LessOrEqual(t, len(table)-2, 63, "within PostgreSQL's identifier length: %s", name)
+	}
+	a, _ := migrations.AppendFunc(migrations.Config{EventsTable: "app." + long1})
+	b, _ := migrations.AppendFunc(migrations.Config{EventsTable: "app." + long2})
+	c, _ := migrations.AppendFunc(migrations.Config{EventsTable: long1})
+	require.Len(t, map[string]bool{a: true, b: true, c: true}, 3, "shortened names stay distinct")
+	_, err := migrations.AppendFunc(migrations.Config{EventsTable: "no good"})
+	require.ErrorIs(t, err, sqlname.ErrInvalidName)
+}
+
+// Two events tables in one schema each get their own append function, writing to their own
+// tables; the UUIDv7 function (the event_id default) is shared.
+func TestAppendFuncPerEventsTable(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t) // the default tables
+	other := migrations.Config{EventsTable: "other_events", AggregateHeadsTable: "other_heads", CheckpointsTable: "other_checkpoints",
+		DeadLettersTable: "other_dead_letters", NodesTable: "other_nodes", ProjectionsTable: "other_projections"}
+	applied, err := migrations.Apply(ctx, db.Pool, other)
+	require.NoError(t, err)
+	require.Equal(t, versions(t, 0), applied)
+	for _, cfg := range []migrations.Config{migrations.DefaultConfig(), other.WithDefaults()} {
+		fn, err := migrations.AppendFunc(cfg)
+		require.NoError(t, err)
+		var pos int64
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT max(global_position) FROM `+fn+`('a', $1, NULL, '[{"event_type": "x"}, {"event_type": "y"}]')`,
+			cfg.EventsTable).Scan(&pos))
+		var n, head int64
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM `+pgx.Identifier{cfg.EventsTable}.Sanitize()+` WHERE aggregate_id = $1`,
+			cfg.EventsTable).Scan(&n))
+		require.EqualValues(t, 2, n, cfg.EventsTable)
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT version FROM `+pgx.Identifier{cfg.AggregateHeadsTable}.Sanitize()+` WHERE aggregate_id = $1`,
+			cfg.EventsTable).Scan(&head))
+		require.EqualValues(t, 2, head, cfg.AggregateHeadsTable)
+	}
+	var total int64
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM other_events)`).Scan(&total))
+	require.EqualValues(t, 4, total)
 }

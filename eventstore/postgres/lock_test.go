@@ -45,6 +45,10 @@ func TestAppendersHoldTheAppendLock(t *testing.T) {
 				VALUES (gen_random_uuid(), 'raw', $1, 1, 'RawInserted', '\x00')`, uuid.NewString())
 			return err
 		},
+		"append function": func(ctx context.Context, tx pgx.Tx) error {
+			_, err := callAppendFunc(ctx, tx, "func", uuid.NewString(), nil, `[{"event_type": "Called"}]`, "")
+			return err
+		},
 		"COPY": func(ctx context.Context, tx pgx.Tx) error {
 			_, err := tx.CopyFrom(ctx, pgx.Identifier{"events"},
 				[]string{"event_id", "aggregate_type", "aggregate_id", "aggregate_version", "event_type", "payload"},

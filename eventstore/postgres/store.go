@@ -112,6 +112,11 @@ SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_vers
 	}
 	// Parameters: $1 aggregate type, $2 aggregate ID, $3 event count, then the events ({{source}}),
 	// then for Exact {{expected}} the expected version; the notify channel ({{channel}}) comes last.
+	//
+	// An aggregate without a head row may still have events, written by a raw INSERT that left
+	// the heads table alone (docs/design.md, "Raw SQL writers"): its version is then the highest
+	// of its events. The head row is inserted from there; only that path reads the events table.
+	lastEvent := `(SELECT max(aggregate_version) FROM ` + ev + ` WHERE aggregate_type = $1 AND aggregate_id = $2)`
 	// Any: update the head if it exists (the common case, without the cost of a speculative
 	// insertion), else insert it; two first appends racing meet in ON CONFLICT and serialize.
 	s.appendAnySQL = withInsert(`WITH head_updated AS (
@@ -119,23 +124,35 @@ SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_vers
 	RETURNING version
 ), head_inserted AS (
 	INSERT INTO `+hd+` AS h (aggregate_type, aggregate_id, version)
-	SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM head_updated)
-	ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = h.version + EXCLUDED.version
+	SELECT $1, $2, coalesce(`+lastEvent+`, 0) + $3 WHERE NOT EXISTS (SELECT 1 FROM head_updated)
+	ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = h.version + $3
 	RETURNING version
 ), head AS (
 	SELECT version FROM head_updated UNION ALL SELECT version FROM head_inserted
 )`, "{{channel}}")
 	s.appendNoStreamSQL = withInsert(`WITH head AS (
-	INSERT INTO `+hd+` (aggregate_type, aggregate_id, version) VALUES ($1, $2, $3)
+	INSERT INTO `+hd+` (aggregate_type, aggregate_id, version)
+	SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM `+ev+` WHERE aggregate_type = $1 AND aggregate_id = $2)
 	ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
 	RETURNING version
 )`, "{{channel}}")
-	s.appendExactSQL = withInsert(`WITH head AS (
+	// Exact: without a head row, insert it when the events' version is the expected one (a CASE,
+	// so that a successful update never reads the events table).
+	s.appendExactSQL = withInsert(`WITH head_updated AS (
 	UPDATE `+hd+` SET version = version + $3
 	WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = {{expected}}
 	RETURNING version
+), head_inserted AS (
+	INSERT INTO `+hd+` (aggregate_type, aggregate_id, version)
+	SELECT $1, $2, {{expected}} + $3
+	WHERE CASE WHEN EXISTS (SELECT 1 FROM head_updated) THEN false ELSE `+lastEvent+` = {{expected}} END
+	ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
+	RETURNING version
+), head AS (
+	SELECT version FROM head_updated UNION ALL SELECT version FROM head_inserted
 )`, "{{channel}}")
-	s.headSQL = `SELECT coalesce((SELECT version FROM ` + hd + ` WHERE aggregate_type = $1 AND aggregate_id = $2), 0)`
+	s.headSQL = `SELECT coalesce((SELECT version FROM ` + hd + ` WHERE aggregate_type = $1 AND aggregate_id = $2), ` +
+		lastEvent + `, 0)`
 	s.readSQL = `SELECT ` + eventColumns + ` FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT $2`
 	s.rangeSQL = `SELECT ` + eventColumns + ` FROM ` + ev + ` WHERE global_position > $1 AND global_position <= $2
 	  AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
@@ -151,7 +168,9 @@ SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_vers
 
 // Append writes events, all of one aggregate, in tx, after checking the aggregate's current
 // version against expected (docs/design.md, "The append side"). All events go in one statement. The aggregate
-// head row is locked for the rest of tx, so concurrent appends to one aggregate serialize.
+// head row is locked for the rest of tx, so concurrent appends to one aggregate serialize. An
+// aggregate without a head row goes on from its highest stored version (events written by raw
+// INSERTs that left the heads table alone: docs/design.md, "Raw SQL writers").
 //
 // It returns eventstore.ErrNoEvents for an empty batch, an error matching
 // eventstore.ErrInvalidEvent for a malformed one (before any SQL runs), a
@@ -254,10 +273,10 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 			return eventstore.AppendResult{}, fmt.Errorf("append to %s %q: %w: %s", aggType, aggID, eventstore.ErrDuplicateEventID, pgErr.Detail)
 		}
 		if strings.Contains(pgErr.Detail, "(aggregate_type, aggregate_id, aggregate_version)") {
-			// The head row said one thing and the events another: rows were written around Append.
-			return eventstore.AppendResult{}, &eventstore.ConcurrencyError{
-				AggregateType: aggType, AggregateID: aggID, Expected: expected, Actual: -1,
-			}
+			// The head row said one thing and the events another: rows were written around Append
+			// by a writer that did not move the head row (docs/design.md, "Raw SQL writers").
+			return eventstore.AppendResult{}, fmt.Errorf("%w (the aggregate's row in %s is behind its events: they were inserted without moving it)",
+				&eventstore.ConcurrencyError{AggregateType: aggType, AggregateID: aggID, Expected: expected, Actual: -1}, s.heads)
 		}
 	}
 	return eventstore.AppendResult{}, fmt.Errorf("append to %s %q: %w", aggType, aggID, err)
