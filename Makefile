@@ -11,7 +11,7 @@ PKG           ?= ./...
 STATICCHECK   ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .DEFAULT_GOAL := help
-.PHONY: help build test test/race test/short bench demo lint tidy
+.PHONY: help build test test/race test/short bench soak demo lint tidy
 
 help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_\/.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -29,6 +29,10 @@ test/short: ## Run the quick tests (-short, no race detector)
 
 bench: ## Run the benchmarks, which print their own comparison tables
 	$(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchtime=$(BENCHTIME) -benchmem -count=1 -timeout $(BENCH_TIMEOUT) $(PKG)
+
+SOAK_DURATION ?= 5m
+soak: ## Run the lifecycle model test for SOAK_DURATION (default 5m); EVENTLINE_MODEL_SEED replays a seed
+	EVENTLINE_MODEL_DURATION=$(SOAK_DURATION) $(GO) test -race -count=1 -timeout 0 -run '^TestLifecycleModel$$' -v ./runner
 
 demo: ## Run the demo (examples/demo)
 	$(GO) run ./examples/demo

@@ -294,6 +294,13 @@ func (s *Store) clearTarget(ctx context.Context, tx pgx.Tx, r *Record) error {
 	if err := s.deleteRows(ctx, tx, r.Projection, r.Target); err != nil {
 		return err
 	}
+	if r.Target.Version != r.Active.Version {
+		// A superseded version never runs again: nothing would retry its dead letters.
+		if _, err := tx.Exec(ctx, `DELETE FROM `+s.dl+` WHERE projection = $1 AND version = $2`,
+			r.Projection, r.Target.Version); err != nil {
+			return fmt.Errorf("delete dead letters of superseded %s: %w", r.Target, err)
+		}
+	}
 	r.Target, r.Mode, r.Barrier = Layout{}, "", -1
 	return nil
 }
@@ -410,6 +417,11 @@ func (s *Store) Deploy(ctx context.Context, tx pgx.Tx, name string, code Code, d
 				}
 				if err := reset(ctx, tx); err != nil {
 					return "", fmt.Errorf("reset the abandoned build of %s: %w", r.Target, err)
+				}
+				// And its dead letters: the build replays those events from 0 (a stale one would
+				// park the aggregate's earlier events behind it, or be applied twice by a retry).
+				if _, err := tx.Exec(ctx, `DELETE FROM `+s.dl+` WHERE projection = $1 AND version = $2`, name, v); err != nil {
+					return "", fmt.Errorf("delete dead letters of the abandoned build of %s: %w", r.Target, err)
 				}
 			}
 			if err := s.deleteRows(ctx, tx, name, r.Target); err != nil {
