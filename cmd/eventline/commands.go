@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -11,11 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/migrations"
 )
@@ -106,18 +100,6 @@ func (a *app) projectionArg(c *command, args []string) (string, error) {
 	return name, nil
 }
 
-// refused is the error of a lifecycle transition that failed: the lifecycle's own sentinel
-// errors (no such projection, a rebuild that cannot be carried out) read best without the
-// lifecycle's wrapping, as "rebuild NAME: <why>".
-func refused(verb, name string, err error) error {
-	for _, e := range []error{lifecycle.ErrNotFound, lifecycle.ErrDetachedRebuild, lifecycle.ErrNotResettable, lifecycle.ErrRunning} {
-		if errors.Is(err, e) {
-			return fmt.Errorf("%s %s: %w", verb, name, e)
-		}
-	}
-	return fmt.Errorf("%s %s: %w", verb, name, err)
-}
-
 func (a *app) cmdRebuild(ctx context.Context, args []string) error {
 	c := a.newCommand("rebuild", "NAME",
 		`Asks for projection NAME to be rebuilt: a runner process with the code of its active version
@@ -135,16 +117,9 @@ its read model.`)
 		return err
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
-		var r lifecycle.Record
-		err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-			if err := db.lc.RequestRebuild(ctx, tx, name); err != nil {
-				return err
-			}
-			r, err = db.lc.Get(ctx, tx, name)
-			return err
-		})
+		r, err := db.adm.RequestRebuild(ctx, db.pool, name)
 		if err != nil {
-			return refused("rebuild", name, err)
+			return err
 		}
 		fmt.Fprintf(a.stdout, "rebuild of %s %s requested\n", name, r.Active)
 		if r.RebuildRequested-1 > r.Rebuilds {
@@ -182,13 +157,9 @@ NAME' starts it from POSITION.`)
 		return usageErrorf(c.name, "%s: --to POSITION is required (0 or more)", c.name)
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
-		var before []int64
-		err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) (err error) {
-			before, err = db.lc.MoveTo(ctx, tx, name, *to)
-			return err
-		})
+		before, err := db.adm.MoveTo(ctx, db.pool, name, *to)
 		if err != nil {
-			return refused("reset", name, err)
+			return err
 		}
 		fmt.Fprintf(a.stdout, "moved %s to position %d (from %v)\n", name, *to, before)
 		return nil
@@ -206,36 +177,17 @@ whose commit the pause cannot stop; if one is still running after that, it says 
 		return err
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
-		if err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error { return db.lc.Pause(ctx, tx, name) }); err != nil {
-			return refused("pause", name, err)
-		}
-		idle, err := a.waitIdle(ctx, db, name)
+		idle, err := db.adm.Pause(ctx, db.pool, name)
 		if err != nil {
-			return fmt.Errorf("paused %s, but %w", name, err)
+			return err
 		}
 		if !idle {
-			fmt.Fprintf(a.stdout, "paused %s, but a batch is still in flight after %s: it may still commit\n", name, a.idleWait)
+			fmt.Fprintf(a.stdout, "paused %s, but a batch is still in flight after %s: it may still commit\n", name, db.adm.IdleWait())
 			return nil
 		}
 		fmt.Fprintf(a.stdout, "paused %s\n", name)
 		return nil
 	})
-}
-
-// waitIdle waits, up to a.idleWait, until no batch of projection name is in flight. It reports
-// false when the wait ran out.
-func (a *app) waitIdle(ctx context.Context, db *dbConn, name string) (bool, error) {
-	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`,
-			strconv.FormatInt(max(1, a.idleWait.Milliseconds()), 10)); err != nil {
-			return fmt.Errorf("set the wait for the batches of %q: %w", name, err)
-		}
-		return db.lc.WaitIdle(ctx, tx, name)
-	})
-	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == "57014" && ctx.Err() == nil { // query_canceled
-		return false, nil
-	}
-	return err == nil, err
 }
 
 func (a *app) cmdResume(ctx context.Context, args []string) error {
@@ -248,22 +200,9 @@ that is neither paused nor stopped changes nothing.`)
 		return err
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
-		var stopped int
-		err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-			// Only read (no lock), so as not to lock a checkpoint row before the record.
-			cps, err := db.cps.Projection(ctx, tx, name, false)
-			if err != nil {
-				return err
-			}
-			for _, cp := range cps {
-				if cp.Stopped() {
-					stopped++
-				}
-			}
-			return db.lc.Resume(ctx, tx, name)
-		})
+		stopped, err := db.adm.Resume(ctx, db.pool, name)
 		if err != nil {
-			return refused("resume", name, err)
+			return err
 		}
 		if stopped > 0 {
 			fmt.Fprintf(a.stdout, "resumed %s (failure cleared on %s: the failed event is tried again)\n",
@@ -307,24 +246,6 @@ func (a *app) cmdDeadLetters(ctx context.Context, args []string) error {
 	return usageErrorf(group, "dead-letters: unknown command %q (want list, retry or discard)", args[0])
 }
 
-// deadLetterJSON is a dead letter in --json output.
-type deadLetterJSON struct {
-	ID             int64     `json:"id"`
-	Projection     string    `json:"projection"`
-	Version        int       `json:"version"`
-	GlobalPosition int64     `json:"global_position"`
-	EventID        uuid.UUID `json:"event_id"`
-	AggregateType  string    `json:"aggregate_type"`
-	AggregateID    string    `json:"aggregate_id"`
-	// BlockedBy is the position of the earlier parked event of the same aggregate this one is
-	// parked behind; 0 when none.
-	BlockedBy      int64     `json:"blocked_by"`
-	Error          string    `json:"error"`
-	Attempts       int       `json:"attempts"`
-	RetryRequested bool      `json:"retry_requested"`
-	CreatedAt      time.Time `json:"created_at"`
-}
-
 func (a *app) cmdDeadLettersList(ctx context.Context, args []string) error {
 	c := a.newCommand("dead-letters list", "[--projection NAME] [--json]",
 		`Lists the parked events, by projection, version and position, with the aggregate each belongs
@@ -337,20 +258,12 @@ full, as an array of objects.`)
 		return err
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
-		dls, err := db.cps.DeadLetters(ctx, db.pool, *proj)
+		dls, err := db.adm.DeadLetters(ctx, db.pool, *proj)
 		if err != nil {
 			return err
 		}
 		if *asJSON {
-			out := make([]deadLetterJSON, 0, len(dls))
-			for _, d := range dls {
-				out = append(out, deadLetterJSON{
-					ID: d.ID, Projection: d.Projection, Version: d.Version, GlobalPosition: d.GlobalPosition,
-					EventID: d.EventID, AggregateType: d.AggregateType, AggregateID: d.AggregateID, BlockedBy: d.BlockedBy,
-					Error: d.Error, Attempts: d.Attempts, RetryRequested: d.RetryRequested, CreatedAt: d.CreatedAt.UTC(),
-				})
-			}
-			return writeJSON(a.stdout, out, true)
+			return writeJSON(a.stdout, dls, true)
 		}
 		if len(dls) == 0 {
 			fmt.Fprintln(a.stdout, "no dead letters")
@@ -368,20 +281,11 @@ full, as an array of objects.`)
 			}
 			row(tw, strconv.FormatInt(d.ID, 10), d.Projection, strconv.Itoa(d.Version), strconv.FormatInt(d.GlobalPosition, 10),
 				d.AggregateType+"/"+d.AggregateID, d.EventID.String(), blocked, strconv.Itoa(d.Attempts), retry,
-				d.CreatedAt.UTC().Format(time.RFC3339), cell(truncate(d.Error, errorWidth)))
+				d.CreatedAt.Format(time.RFC3339), cell(truncate(d.Error, errorWidth)))
 		}
 		return tw.Flush()
 	})
 }
-
-// notFoundError prints as its message alone and is the not-found error it wraps (exit code 3).
-type notFoundError struct {
-	msg string
-	err error
-}
-
-func (e *notFoundError) Error() string { return e.msg }
-func (e *notFoundError) Unwrap() error { return e.err }
 
 func (a *app) cmdDeadLetterAct(ctx context.Context, verb string, args []string) error {
 	desc := `Asks the runner that owns the dead letter's aggregate (in the projection's current partition
@@ -402,12 +306,9 @@ parked with its attempts counted. ID is the ID that 'eventline dead-letters list
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
 		if verb == "discard" {
-			err = db.cps.DeleteDeadLetter(ctx, db.pool, id)
+			err = db.adm.DiscardDeadLetter(ctx, db.pool, id)
 		} else {
-			err = db.cps.RequestRetry(ctx, db.pool, id)
-		}
-		if errors.Is(err, checkpoint.ErrNotFound) {
-			return &notFoundError{msg: fmt.Sprintf("dead letter %d not found", id), err: err}
+			err = db.adm.RetryDeadLetter(ctx, db.pool, id)
 		}
 		if err != nil {
 			return err

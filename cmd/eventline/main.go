@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/admin"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/migrations"
@@ -31,9 +32,6 @@ const (
 
 // connectTimeoutDefault bounds connecting when the URL sets no connect_timeout.
 const connectTimeoutDefault = 10 * time.Second
-
-// idleWaitDefault bounds how long pause waits for the batches in flight.
-const idleWaitDefault = 10 * time.Second
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -62,7 +60,7 @@ type app struct {
 }
 
 func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
-	return &app{stdout: stdout, stderr: stderr, getenv: getenv, terminal: isTerminal(stdout), idleWait: idleWaitDefault,
+	return &app{stdout: stdout, stderr: stderr, getenv: getenv, terminal: isTerminal(stdout), idleWait: admin.IdleWaitDefault,
 		g: defaultGlobals()}
 }
 
@@ -341,32 +339,17 @@ func (a *app) databaseURL(cmd string) (string, error) {
 	return "", usageErrorf(cmd, "no database: set --database-url or DATABASE_URL")
 }
 
-// tables validates the table names of the global flags and returns the stores on them (without
-// a connection).
+// tables validates the table names of the global flags and returns the operator's reads and
+// actions on them (without a connection).
 func (a *app) tables() (*dbConn, error) {
-	events, err := sqlname.Parse("events table", a.g.events)
-	if err != nil {
-		return nil, err
-	}
-	cps, err := checkpoint.New(checkpoint.Config{
-		Table: a.g.checkpoints, DeadLettersTable: a.g.deadLetters, NodesTable: a.g.nodes,
-		ProjectionsTable: a.g.projections,
+	adm, err := admin.New(admin.Config{
+		EventsTable: a.g.events, CheckpointsTable: a.g.checkpoints, DeadLettersTable: a.g.deadLetters,
+		NodesTable: a.g.nodes, ProjectionsTable: a.g.projections, IdleWait: a.idleWait, Now: a.now,
 	})
 	if err != nil {
 		return nil, err
 	}
-	// The same names checkpoint.New validated; lifecycle.New takes them parsed.
-	var lc [3]sqlname.Name
-	for i, f := range []struct{ what, val string }{
-		{"projections table", a.g.projections},
-		{"checkpoints table", a.g.checkpoints},
-		{"dead letters table", a.g.deadLetters},
-	} {
-		if lc[i], err = sqlname.Parse(f.what, f.val); err != nil {
-			return nil, err
-		}
-	}
-	return &dbConn{events: events, cps: cps, lc: lifecycle.New(lc[0], lc[1], lc[2])}, nil
+	return &dbConn{adm: adm}, nil
 }
 
 // connect opens a small pool on the database and checks that it answers. The caller closes it.
