@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/checkpoint"
 )
 
 // This file applies batches: one transaction per batch that locks the checkpoint, runs the
@@ -182,7 +182,7 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 	w.rate.add(len(events))
 	w.mu.Unlock()
 	if f := r.cfg.Hooks.BatchCommitted; f != nil && len(events) > 0 {
-		f(BatchInfo{Key: w.key, Events: len(events), From: from, To: to, Took: time.Since(start),
+		f(BatchInfo{Unit: w.unit, Events: len(events), From: from, To: to, Took: time.Since(start),
 			Lag: time.Since(events[len(events)-1].CreatedAt)})
 	}
 	return nil
@@ -249,7 +249,7 @@ func (w *worker) fail(ctx context.Context, ev *eventstore.PersistedEvent, to int
 		return fmt.Errorf("apply %s policy to event %d: %w", w.g.policy, ev.GlobalPosition, err)
 	}
 	if f := r.cfg.Hooks.HandlerFailed; f != nil {
-		f(w.key, ev.GlobalPosition, herr.err, w.g.policy)
+		f(w.unit, ev.GlobalPosition, herr.err, w.g.policy)
 	}
 	w.mu.Lock()
 	w.lastErr = msg

@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
@@ -126,7 +125,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		var once sync.Map
 		rcfg := runner.Config{BatchSize: batch, PollInterval: time.Hour, Hooks: runner.Hooks{
 			PageRead: func(int64, int) { pages.Add(1) },
-			Progressed: func(k checkpoint.Key, pos int64) {
+			Progressed: func(k runner.Unit, pos int64) {
 				if pos >= head {
 					if _, loaded := once.LoadOrStore(k.Projection, true); !loaded {
 						done.Done()
@@ -394,7 +393,7 @@ func BenchmarkHoleRelease(b *testing.B) {
 	passed := make(chan int64, 1024)
 	var target atomic.Int64
 	r, err := runner.New(db.Pool, store, runner.Config{Hooks: runner.Hooks{
-		Progressed: func(_ checkpoint.Key, pos int64) {
+		Progressed: func(_ runner.Unit, pos int64) {
 			if t := target.Load(); t > 0 && pos >= t && target.CompareAndSwap(t, 0) {
 				passed <- pos
 			}

@@ -307,7 +307,7 @@ func TestPartitionCountChangedUnderLoad(t *testing.T) {
 	rNew, _ := h.start(cfg, mk(4))
 	t.Cleanup(func() {
 		if t.Failed() {
-			sts, _ := rNew.Checkpoints().Projection(context.Background(), h.db.Pool, "reshard", false)
+			sts, _ := rNew.CheckpointsForTest().Projection(context.Background(), h.db.Pool, "reshard", false)
 			for _, cp := range sts {
 				t.Logf("checkpoint %s: position %d, failed at %d, owner %s", cp.Key, cp.Position, cp.FailedPosition, cp.Owner)
 			}

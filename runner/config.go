@@ -6,7 +6,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/migrations"
 )
 
@@ -108,25 +107,25 @@ type Hooks struct {
 	// BatchCommitted: a batch of events was applied and its checkpoint committed.
 	BatchCommitted func(b BatchInfo)
 	// HandlerFailed: the event at position failed for good and policy was applied to it.
-	HandlerFailed func(key checkpoint.Key, position int64, err error, policy FailurePolicy)
+	HandlerFailed func(key Unit, position int64, err error, policy FailurePolicy)
 	// Retrying: a transient error; the batch is retried after delay.
-	Retrying func(key checkpoint.Key, err error, delay time.Duration)
+	Retrying func(key Unit, err error, delay time.Duration)
 	// HeldAtGap: a projection waits at a position not yet settled.
-	HeldAtGap func(key checkpoint.Key, position int64)
+	HeldAtGap func(key Unit, position int64)
 	// ListenerConnected: the listener (re)connected; pid is its backend.
 	ListenerConnected func(pid uint32)
 	// Progressed: the projection's position moved to position (after a commit, or over events
 	// its filter skipped or holes that are settled).
-	Progressed func(key checkpoint.Key, position int64)
-	// OwnershipChanged: this process acquired (owned true) or gave up (false) a checkpoint.
-	OwnershipChanged func(key checkpoint.Key, owned bool)
+	Progressed func(key Unit, position int64)
+	// OwnershipChanged: this process acquired (owned true) or gave up (false) a unit's lease.
+	OwnershipChanged func(key Unit, owned bool)
 	// PageRead: a page of events was read from the database (shared pages are read once).
 	PageRead func(from int64, events int)
 }
 
 // BatchInfo describes a committed batch.
 type BatchInfo struct {
-	Key      checkpoint.Key
+	Unit     Unit
 	Events   int
 	From, To int64
 	// Took is how long the batch took, from handing it to the handler to the commit.
@@ -289,7 +288,7 @@ func JoinHooks(hs ...Hooks) Hooks {
 		out.ListenerConnected = join1(out.ListenerConnected, h.ListenerConnected)
 		out.PageRead = join2(out.PageRead, h.PageRead)
 		if a, b := out.Retrying, h.Retrying; b != nil {
-			out.Retrying = func(k checkpoint.Key, err error, d time.Duration) {
+			out.Retrying = func(k Unit, err error, d time.Duration) {
 				if a != nil {
 					a(k, err, d)
 				}
@@ -297,7 +296,7 @@ func JoinHooks(hs ...Hooks) Hooks {
 			}
 		}
 		if a, b := out.HandlerFailed, h.HandlerFailed; b != nil {
-			out.HandlerFailed = func(k checkpoint.Key, pos int64, err error, p FailurePolicy) {
+			out.HandlerFailed = func(k Unit, pos int64, err error, p FailurePolicy) {
 				if a != nil {
 					a(k, pos, err, p)
 				}

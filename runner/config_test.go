@@ -7,20 +7,20 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 )
 
 func TestJoinHooks(t *testing.T) {
 	var calls []string
 	a := Hooks{BatchCommitted: func(BatchInfo) { calls = append(calls, "a") },
-		Retrying: func(checkpoint.Key, error, time.Duration) { calls = append(calls, "a-retry") }}
+		Retrying: func(Unit, error, time.Duration) { calls = append(calls, "a-retry") }}
 	b := Hooks{BatchCommitted: func(BatchInfo) { calls = append(calls, "b") },
-		HeldAtGap: func(checkpoint.Key, int64) { calls = append(calls, "b-held") }}
+		HeldAtGap: func(Unit, int64) { calls = append(calls, "b-held") }}
 	j := JoinHooks(a, Hooks{}, b)
 	j.BatchCommitted(BatchInfo{})
-	j.Retrying(checkpoint.Key{}, errors.New("x"), 0)
-	j.HeldAtGap(checkpoint.Key{}, 1)
+	j.Retrying(Unit{}, errors.New("x"), 0)
+	j.HeldAtGap(Unit{}, 1)
 	require.Equal(t, []string{"a", "b", "a-retry", "b-held"}, calls)
 	require.Nil(t, j.PageRead)
 }
@@ -51,4 +51,22 @@ func TestAssignIsEvenAndRespectsWhatNodesHave(t *testing.T) {
 		require.GreaterOrEqual(t, load[n], 7)
 	}
 	require.Equal(t, got, assign(nodes, records), "deterministic")
+}
+
+func TestUnitOfFillsDefaultsAndPrints(t *testing.T) {
+	for _, c := range []struct {
+		key  checkpoint.Key
+		unit Unit
+		str  string
+	}{
+		{checkpoint.Key{Projection: "a"}, Unit{Projection: "a", Version: 1, Partitions: 1}, "a"},
+		{checkpoint.Key{Projection: "a", Version: 2}, Unit{Projection: "a", Version: 2, Partitions: 1}, "a@2"},
+		{checkpoint.Key{Projection: "a", Partitions: 4, Partition: 3}, Unit{Projection: "a", Version: 1, Partitions: 4, Partition: 3}, "a#3/4"},
+		{checkpoint.Key{Projection: "a", Version: 2, Partitions: 4, Partition: 3}, Unit{Projection: "a", Version: 2, Partitions: 4, Partition: 3}, "a@2#3/4"},
+	} {
+		u := unitOf(c.key)
+		require.Equal(t, c.unit, u)
+		require.Equal(t, c.str, u.String())
+		require.Equal(t, c.key.String(), u.String(), "the same spelling as the checkpoint's")
+	}
 }

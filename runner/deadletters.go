@@ -8,8 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/checkpoint"
 )
 
 // Dead letters (docs/design.md, "Dead letters"). Under the DeadLetter policy a failing event is

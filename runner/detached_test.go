@@ -7,8 +7,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/runner"
 )
 
@@ -64,7 +64,7 @@ func TestDetachedNewVersionDoesNotReplayHistory(t *testing.T) {
 			h.run(r2)
 			more := h.appendMany(ctx, 3)
 			h.waitFor("v2 to take over and send the new events", func() bool {
-				cp, err := r2.Checkpoints().Get(ctx, h.db.Pool, checkpoint.Key{Projection: "mailer", Version: 2})
+				cp, err := r2.CheckpointsForTest().Get(ctx, h.db.Pool, checkpoint.Key{Projection: "mailer", Version: 2})
 				return err == nil && h.record("mailer").Active.Version == 2 && cp.Position >= more[2]
 			})
 			if replay {

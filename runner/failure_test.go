@@ -95,7 +95,7 @@ func TestHandlerFailureDeadLetterPolicy(t *testing.T) {
 		}
 	}
 	require.Equal(t, want, appliedPositions(t, h.db.Pool, "dl"))
-	dead, err := r.Checkpoints().DeadLetters(ctx, h.db.Pool, "dl")
+	dead, err := r.CheckpointsForTest().DeadLetters(ctx, h.db.Pool, "dl")
 	require.NoError(t, err)
 	require.Len(t, dead, 2)
 	require.Equal(t, positions[3], dead[0].GlobalPosition)

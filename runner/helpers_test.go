@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/lifecycle"
@@ -142,8 +141,8 @@ func (h *harness) config() runner.Config {
 		PollInterval: 200 * time.Millisecond,
 		Hooks: runner.Hooks{
 			BatchCommitted: func(runner.BatchInfo) { h.signal() },
-			HandlerFailed:  func(_ checkpoint.Key, _ int64, _ error, _ runner.FailurePolicy) { h.signal() },
-			HeldAtGap: func(_ checkpoint.Key, pos int64) {
+			HandlerFailed:  func(_ runner.Unit, _ int64, _ error, _ runner.FailurePolicy) { h.signal() },
+			HeldAtGap: func(_ runner.Unit, pos int64) {
 				h.mu.Lock()
 				h.held[pos] = true
 				h.mu.Unlock()

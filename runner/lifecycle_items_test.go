@@ -17,8 +17,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/runner"
 )
@@ -323,7 +323,7 @@ func TestStoppedBuildingVersion(t *testing.T) {
 			if how == "repartitioned" {
 				require.Equal(t, 3, rec.Active.Partitions)
 			}
-			cps, err := r2.Checkpoints().Projection(ctx, h.db.Pool, "bv", false)
+			cps, err := r2.CheckpointsForTest().Projection(ctx, h.db.Pool, "bv", false)
 			require.NoError(t, err)
 			for _, cp := range cps {
 				require.Equal(t, 2, cp.Version, "v1's rows are gone: it is retired")
@@ -485,18 +485,18 @@ func TestRebuildClearsDeadLetters(t *testing.T) {
 	require.NoError(t, r.Register(p, runner.WithFailurePolicy(runner.DeadLetter)))
 	h.run(r)
 	h.waitFor("the dead letter", func() bool {
-		dls, err := r.Checkpoints().DeadLetters(ctx, h.db.Pool, "dlr")
+		dls, err := r.CheckpointsForTest().DeadLetters(ctx, h.db.Pool, "dlr")
 		require.NoError(t, err)
 		return len(dls) > 0
 	})
-	dls, err := r.Checkpoints().DeadLetters(ctx, h.db.Pool, "dlr")
+	dls, err := r.CheckpointsForTest().DeadLetters(ctx, h.db.Pool, "dlr")
 	require.NoError(t, err)
 	p.failWith(nil)
 	require.NoError(t, r.Rebuild(ctx, "dlr"))
-	left, err := r.Checkpoints().DeadLetters(ctx, h.db.Pool, "dlr")
+	left, err := r.CheckpointsForTest().DeadLetters(ctx, h.db.Pool, "dlr")
 	require.NoError(t, err)
 	require.Empty(t, left, "the rebuild cleared the dead letters")
-	require.ErrorIs(t, r.Checkpoints().RequestRetry(ctx, h.db.Pool, dls[0].ID), checkpoint.ErrNotFound)
+	require.ErrorIs(t, r.CheckpointsForTest().RequestRetry(ctx, h.db.Pool, dls[0].ID), checkpoint.ErrNotFound)
 	h.requireExactlyOnce(p.label())
 }
 
@@ -520,7 +520,7 @@ func TestSequencedDeadLetters(t *testing.T) {
 	require.NoError(t, r.Register(p, runner.WithFailurePolicy(runner.DeadLetter)))
 	h.run(r)
 	h.waitFor("the other events", func() bool { return len(appliedPositions(t, h.db.Pool, p.label())) == 13 })
-	dls, err := r.Checkpoints().DeadLetters(ctx, h.db.Pool, "seq")
+	dls, err := r.CheckpointsForTest().DeadLetters(ctx, h.db.Pool, "seq")
 	require.NoError(t, err)
 	require.Len(t, dls, 3, "a1's events from the poison one on are parked")
 	require.Equal(t, []int64{positions[5], positions[9], positions[13]}, []int64{dls[0].GlobalPosition, dls[1].GlobalPosition, dls[2].GlobalPosition})
@@ -530,17 +530,17 @@ func TestSequencedDeadLetters(t *testing.T) {
 	more := h.appendOne(ctx, "acct", "a1", 1).GlobalPositions()
 	h.appendOne(ctx, "acct", "a2", 1)
 	h.waitFor("a2's new event", func() bool { return len(appliedPositions(t, h.db.Pool, p.label())) == 14 })
-	dls, err = r.Checkpoints().DeadLetters(ctx, h.db.Pool, "seq")
+	dls, err = r.CheckpointsForTest().DeadLetters(ctx, h.db.Pool, "seq")
 	require.NoError(t, err)
 	require.Len(t, dls, 4)
 	require.Equal(t, more[0], dls[3].GlobalPosition)
 	// Fixed: a retry of the first applies the four in order.
 	p.failWith(nil)
-	require.NoError(t, r.Checkpoints().RequestRetry(ctx, h.db.Pool, dls[0].ID))
+	require.NoError(t, r.CheckpointsForTest().RequestRetry(ctx, h.db.Pool, dls[0].ID))
 	r.Wake()
 	h.waitFor("the retried chain", func() bool { return len(appliedPositions(t, h.db.Pool, p.label())) == 18 })
 	h.requireExactlyOnce(p.label())
-	left, err := r.Checkpoints().DeadLetters(ctx, h.db.Pool, "seq")
+	left, err := r.CheckpointsForTest().DeadLetters(ctx, h.db.Pool, "seq")
 	require.NoError(t, err)
 	require.Empty(t, left)
 	// And a1 flows normally again.

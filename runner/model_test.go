@@ -37,9 +37,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"

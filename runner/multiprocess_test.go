@@ -18,9 +18,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
 )
@@ -238,7 +238,7 @@ func TestSplitBrainOwnerIsFenced(t *testing.T) {
 	cfg := h.config()
 	cfg.HeartbeatInterval, cfg.Lease, cfg.NodeTimeout = time.Hour, 2*time.Hour, 2*time.Hour // it never notices by itself
 	cfg.RetryMin, cfg.RetryMax = time.Millisecond, 10*time.Millisecond
-	cfg.Hooks.Retrying = func(_ checkpoint.Key, err error, _ time.Duration) {
+	cfg.Hooks.Retrying = func(_ runner.Unit, err error, _ time.Duration) {
 		if strings.Contains(err.Error(), `owner "other-node"`) {
 			conflicts.Store("seen", true)
 			h.signal()
@@ -254,7 +254,7 @@ func TestSplitBrainOwnerIsFenced(t *testing.T) {
 	h.appendMany(ctx, 4)
 	h.waitFor("the stale owner's batch to be rejected", func() bool { _, ok := conflicts.Load("seen"); return ok })
 	require.Equal(t, first, appliedPositions(t, h.db.Pool, "rec"), "nothing applied by the stale owner")
-	cp, err := r.Checkpoints().Get(ctx, h.db.Pool, checkpoint.Key{Projection: "rec"})
+	cp, err := r.CheckpointsForTest().Get(ctx, h.db.Pool, checkpoint.Key{Projection: "rec"})
 	require.NoError(t, err)
 	require.Equal(t, first[2], cp.Position)
 

@@ -30,7 +30,7 @@ func TestOperatorRequests(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, r.Register(rec, runner.WithFailurePolicy(runner.DeadLetter)))
 	h.run(r)
-	cps := r.Checkpoints()
+	cps := r.CheckpointsForTest()
 	h.waitFor("all but the parked event", func() bool { return len(appliedPositions(t, h.db.Pool, "ops")) == 5 })
 
 	// Retry the dead letter once the cause is fixed.

@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
-	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 )
 
@@ -253,7 +253,7 @@ func (r *Runner) newWorker(g *registration, key checkpoint.Key) *worker {
 		log = log.With(zap.Int("partitions", key.Partitions))
 	}
 	return &worker{
-		g: g, key: key, layout: lifecycle.Layout{Version: key.Version, Partitions: key.Partitions},
+		g: g, key: key, unit: unitOf(key), layout: lifecycle.Layout{Version: key.Version, Partitions: key.Partitions},
 		log:    log,
 		limit:  -1,
 		reload: make(chan struct{}, 1),
@@ -269,7 +269,7 @@ func (c *coordinator) startWorker(ctx context.Context, w *worker) {
 	w.loaded = false
 	w.log.Info("ownership acquired")
 	if f := c.r.cfg.Hooks.OwnershipChanged; f != nil {
-		f(w.key, true)
+		f(w.unit, true)
 	}
 	c.wg.Add(1)
 	go func() {
@@ -282,7 +282,7 @@ func (c *coordinator) startWorker(ctx context.Context, w *worker) {
 			w.mu.Unlock()
 			w.log.Info("ownership given up")
 			if f := c.r.cfg.Hooks.OwnershipChanged; f != nil {
-				f(w.key, false)
+				f(w.unit, false)
 			}
 		}()
 		w.run(wctx, c.hardCtx)

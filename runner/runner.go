@@ -46,8 +46,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/horizon"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
@@ -155,9 +155,6 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 
 // NodeID identifies this runner process among the others ("host/pid/random").
 func (r *Runner) NodeID() string { return r.nodeID }
-
-// Checkpoints returns the checkpoint store the runner uses.
-func (r *Runner) Checkpoints() *checkpoint.Store { return r.cps }
 
 // Register adds a projection. It must be called before Run. The name must be non-empty and
 // unique.

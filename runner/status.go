@@ -8,7 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/horizon"
 	"github.com/eventline/eventline/internal/lifecycle"
 )

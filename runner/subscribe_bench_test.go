@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/runner"
@@ -66,7 +65,7 @@ func BenchmarkSubscribeCatchUp(b *testing.B) {
 			}
 			projDone.Add(1)
 			var once sync.Once
-			rcfg.Hooks.Progressed = func(_ checkpoint.Key, pos int64) {
+			rcfg.Hooks.Progressed = func(_ runner.Unit, pos int64) {
 				if pos >= head {
 					once.Do(func() { projTook = time.Since(start); projDone.Done() })
 				}

@@ -8,8 +8,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/projector"
 )
@@ -20,6 +20,7 @@ import (
 type worker struct {
 	g      *registration
 	key    checkpoint.Key
+	unit   Unit // key as hooks see it
 	layout lifecycle.Layout
 	log    *zap.Logger
 	reload chan struct{} // asks the worker to re-read its checkpoint and record
@@ -80,13 +81,13 @@ func (w *worker) run(ctx, hardCtx context.Context) {
 				// takeover): not a failure, re-read and go on.
 				w.log.Debug("batch not saved: the checkpoint or its lifecycle changed", zap.Error(err))
 				if f := r.cfg.Hooks.Retrying; f != nil {
-					f(w.key, err, 0)
+					f(w.unit, err, 0)
 				}
 				continue
 			}
 			w.setErr(err)
 			if f := r.cfg.Hooks.Retrying; f != nil {
-				f(w.key, err, backoff)
+				f(w.unit, err, backoff)
 			}
 			w.log.Warn("batch failed, retrying", zap.Error(err), zap.Duration("delay", backoff))
 			if !sleep(ctx, backoff) {
@@ -205,7 +206,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 		return false, false, err
 	}
 	if f := r.cfg.Hooks.Progressed; f != nil {
-		f(w.key, w.pos)
+		f(w.unit, w.pos)
 	}
 	return true, false, nil
 }
@@ -268,7 +269,7 @@ func (w *worker) setHeld(p *page) {
 	if p.held && p.safe <= w.pos {
 		if w.heldAt == 0 {
 			if f := w.g.r.cfg.Hooks.HeldAtGap; f != nil {
-				defer f(w.key, p.safe+1)
+				defer f(w.unit, p.safe+1)
 			}
 		}
 		w.heldAt = p.safe + 1

@@ -8,7 +8,6 @@ import (
 
 	prom "github.com/prometheus/client_golang/prometheus"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/metrics/prometheus"
 	"github.com/eventline/eventline/runner"
 )
@@ -23,12 +22,12 @@ func Example() {
 	// In a program: runner.New(pool, store, runner.Config{Hooks: m.Hooks()}), and serve
 	// m.Handler() on /metrics. Here the hooks are called by hand, as the runner would.
 	hooks := m.Hooks()
-	balances := checkpoint.Key{Projection: "balances"}
+	balances := runner.Unit{Projection: "balances"}
 	hooks.OwnershipChanged(balances, true)
-	hooks.BatchCommitted(runner.BatchInfo{Key: balances, Events: 500, From: 0, To: 512, Took: 40 * time.Millisecond, Lag: 3 * time.Second})
-	hooks.BatchCommitted(runner.BatchInfo{Key: balances, Events: 20, From: 512, To: 540, Took: 5 * time.Millisecond, Lag: 1500 * time.Millisecond})
+	hooks.BatchCommitted(runner.BatchInfo{Unit: balances, Events: 500, From: 0, To: 512, Took: 40 * time.Millisecond, Lag: 3 * time.Second})
+	hooks.BatchCommitted(runner.BatchInfo{Unit: balances, Events: 20, From: 512, To: 540, Took: 5 * time.Millisecond, Lag: 1500 * time.Millisecond})
 	hooks.Progressed(balances, 545) // events its filter skipped
-	hooks.HandlerFailed(checkpoint.Key{Projection: "audit", Version: 2}, 77, errors.New("bad payload"), runner.DeadLetter)
+	hooks.HandlerFailed(runner.Unit{Projection: "audit", Version: 2}, 77, errors.New("bad payload"), runner.DeadLetter)
 
 	// Again, exactly once: registration fails and names the collector.
 	if _, err := prometheus.New(reg); err != nil {

@@ -8,7 +8,7 @@
 //	http.Handle("/metrics", m.Handler()) // or promhttp.Handler() for the default registry
 //
 // The metrics, all prefixed with the namespace ("eventline" unless WithNamespace says otherwise),
-// are labelled with projection, version and partition (of checkpoint.Key) unless noted:
+// are labelled with projection, version and partition (of runner.Unit) unless noted:
 //
 //	eventline_batches_total                counter    batches committed
 //	eventline_events_applied_total         counter    events in those batches
@@ -43,7 +43,6 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/runner"
 )
 
@@ -107,7 +106,7 @@ type Metrics struct {
 	ownershipChanges *prom.CounterVec
 	listenerConnects prom.Counter
 	pagesRead        prom.Counter
-	series           sync.Map // checkpoint.Key -> *series
+	series           sync.Map // runner.Unit -> *series
 	handlerOnce      sync.Once
 	handler          http.Handler
 }
@@ -230,7 +229,7 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // seriesOf returns key's children, creating them on the first report on key.
-func (m *Metrics) seriesOf(key checkpoint.Key) *series {
+func (m *Metrics) seriesOf(key runner.Unit) *series {
 	if s, ok := m.series.Load(key); ok {
 		return s.(*series)
 	}
@@ -261,7 +260,7 @@ func (m *Metrics) seriesOf(key checkpoint.Key) *series {
 }
 
 func (m *Metrics) batchCommitted(b runner.BatchInfo) {
-	s := m.seriesOf(b.Key)
+	s := m.seriesOf(b.Unit)
 	s.batches.Inc()
 	s.events.Add(float64(b.Events))
 	s.duration.Observe(b.Took.Seconds())
@@ -269,7 +268,7 @@ func (m *Metrics) batchCommitted(b runner.BatchInfo) {
 	s.position.get(s).Set(float64(b.To))
 }
 
-func (m *Metrics) handlerFailed(key checkpoint.Key, _ int64, _ error, policy runner.FailurePolicy) {
+func (m *Metrics) handlerFailed(key runner.Unit, _ int64, _ error, policy runner.FailurePolicy) {
 	s := m.seriesOf(key)
 	// Failures are rare: the policy's child is looked up each time rather than kept.
 	m.failures.WithLabelValues(s.labels[0], s.labels[1], s.labels[2], policy.String()).Inc()
@@ -278,11 +277,11 @@ func (m *Metrics) handlerFailed(key checkpoint.Key, _ int64, _ error, policy run
 	}
 }
 
-func (m *Metrics) retrying(key checkpoint.Key, _ error, _ time.Duration) {
+func (m *Metrics) retrying(key runner.Unit, _ error, _ time.Duration) {
 	m.seriesOf(key).retries.Inc()
 }
 
-func (m *Metrics) heldAtGap(key checkpoint.Key, _ int64) {
+func (m *Metrics) heldAtGap(key runner.Unit, _ int64) {
 	m.seriesOf(key).gaps.Inc()
 }
 
@@ -290,12 +289,12 @@ func (m *Metrics) listenerConnected(uint32) {
 	m.listenerConnects.Inc()
 }
 
-func (m *Metrics) progressed(key checkpoint.Key, position int64) {
+func (m *Metrics) progressed(key runner.Unit, position int64) {
 	s := m.seriesOf(key)
 	s.position.get(s).Set(float64(position))
 }
 
-func (m *Metrics) ownershipChanged(key checkpoint.Key, owned bool) {
+func (m *Metrics) ownershipChanged(key runner.Unit, owned bool) {
 	s := m.seriesOf(key)
 	if owned {
 		s.owned.get(s).Set(1)

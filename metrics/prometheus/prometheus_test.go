@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/runner"
 )
 
@@ -32,8 +31,8 @@ func newMetrics(t *testing.T, opts ...Option) (*Metrics, *prom.Registry) {
 }
 
 var (
-	orders   = checkpoint.Key{Projection: "orders"}                           // version 0 means 1
-	ordersV2 = checkpoint.Key{Projection: "orders", Version: 2, Partition: 3} // another series
+	orders   = runner.Unit{Projection: "orders"}                           // version 0 means 1
+	ordersV2 = runner.Unit{Projection: "orders", Version: 2, Partition: 3} // another series
 )
 
 func TestHooksSetEveryFunction(t *testing.T) {
@@ -50,9 +49,9 @@ func TestBatchCommitted(t *testing.T) {
 	t.Parallel()
 	m, reg := newMetrics(t, WithBuckets([]float64{0.1, 1}))
 	h := m.Hooks()
-	h.BatchCommitted(runner.BatchInfo{Key: orders, Events: 10, From: 0, To: 12, Took: 50 * time.Millisecond, Lag: 2 * time.Second})
-	h.BatchCommitted(runner.BatchInfo{Key: orders, Events: 5, From: 12, To: 20, Took: 500 * time.Millisecond, Lag: 250 * time.Millisecond})
-	h.BatchCommitted(runner.BatchInfo{Key: ordersV2, Events: 1, From: 0, To: 1, Took: 3 * time.Second, Lag: time.Second})
+	h.BatchCommitted(runner.BatchInfo{Unit: orders, Events: 10, From: 0, To: 12, Took: 50 * time.Millisecond, Lag: 2 * time.Second})
+	h.BatchCommitted(runner.BatchInfo{Unit: orders, Events: 5, From: 12, To: 20, Took: 500 * time.Millisecond, Lag: 250 * time.Millisecond})
+	h.BatchCommitted(runner.BatchInfo{Unit: ordersV2, Events: 1, From: 0, To: 1, Took: 3 * time.Second, Lag: time.Second})
 
 	require.Equal(t, 2.0, testutil.ToFloat64(m.batches.WithLabelValues("orders", "1", "0")))
 	require.Equal(t, 15.0, testutil.ToFloat64(m.events.WithLabelValues("orders", "1", "0")))
@@ -257,7 +256,7 @@ func TestHooksAllocateNothing(t *testing.T) {
 	// Not parallel: AllocsPerRun refuses to run in parallel tests.
 	m, _ := newMetrics(t)
 	h := m.Hooks()
-	b := runner.BatchInfo{Key: ordersV2, Events: 3, From: 1, To: 4, Took: time.Millisecond, Lag: time.Millisecond}
+	b := runner.BatchInfo{Unit: ordersV2, Events: 3, From: 1, To: 4, Took: time.Millisecond, Lag: time.Millisecond}
 	h.BatchCommitted(b) // creates the series
 	h.OwnershipChanged(ordersV2, true)
 	allocs := testing.AllocsPerRun(100, func() {
@@ -275,14 +274,14 @@ func TestConcurrentHooks(t *testing.T) {
 	m, reg := newMetrics(t)
 	h := m.Hooks()
 	const goroutines, rounds = 16, 200
-	keys := []checkpoint.Key{orders, ordersV2, {Projection: "audit", Partition: 1}}
+	keys := []runner.Unit{orders, ordersV2, {Projection: "audit", Partition: 1}}
 	gatherErrs := make(chan error, goroutines)
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {
 			for i := range rounds {
 				k := keys[(g+i)%len(keys)]
-				h.BatchCommitted(runner.BatchInfo{Key: k, Events: 2, From: int64(i), To: int64(i + 2), Took: time.Millisecond, Lag: time.Millisecond})
+				h.BatchCommitted(runner.BatchInfo{Unit: k, Events: 2, From: int64(i), To: int64(i + 2), Took: time.Millisecond, Lag: time.Millisecond})
 				h.Progressed(k, int64(i))
 				h.HeldAtGap(k, int64(i))
 				h.Retrying(k, errors.New("transient"), time.Millisecond)

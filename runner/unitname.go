@@ -1,0 +1,39 @@
+package runner
+
+import (
+	"fmt"
+
+	"github.com/eventline/eventline/internal/checkpoint"
+)
+
+// Unit names what the runner schedules, checkpoints and reports on: one partition of one version
+// of a projection (or detached handler). Hooks and BatchInfo carry it; it is comparable, so it
+// can key a map.
+type Unit struct {
+	Projection string
+	// Version is the projection's version (projector.Versioned); 1 when it declares none.
+	Version int
+	// Partition of Partitions: 0 of 1 when the projection is not partitioned.
+	Partition, Partitions int
+}
+
+// String is "name", "name@2", "name#3/4" or "name@2#3/4": version 1 and the partition of an
+// unpartitioned projection are left out.
+func (u Unit) String() string {
+	s := u.Projection
+	if u.Version != 1 && u.Version != 0 {
+		s += fmt.Sprintf("@%d", u.Version)
+	}
+	if u.Partitions > 1 {
+		s += fmt.Sprintf("#%d/%d", u.Partition, u.Partitions)
+	} else if u.Partition != 0 {
+		s += fmt.Sprintf("#%d", u.Partition)
+	}
+	return s
+}
+
+// unitOf is the public name of a checkpoint key, with its defaults filled in.
+func unitOf(k checkpoint.Key) Unit {
+	k = k.Normalize()
+	return Unit{Projection: k.Projection, Version: k.Version, Partition: k.Partition, Partitions: k.Partitions}
+}
