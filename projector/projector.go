@@ -23,8 +23,8 @@ import (
 // version order) and with tx, the transaction that will advance the projection's checkpoint past
 // them: write the read model through tx and the writes and the checkpoint commit together, or not
 // at all. Handle must not commit or roll back tx. Returning an error (or panicking) rolls the
-// batch back; the runner retries transient database errors and otherwise finds the failing event
-// and applies the projection's failure policy. Handle is never called concurrently for one
+// batch back; the runner retries transient database errors and otherwise finds the failing event,
+// retries it if the error is marked with Transient, and applies the projection's failure policy. Handle is never called concurrently for one
 // projection (or partition).
 type Projection interface {
 	// Name identifies the projection and its checkpoint. It must be unique in a runner and stable
@@ -63,7 +63,9 @@ type Validator interface {
 
 // Detached handles events outside the database: e-mail, HTTP calls, queues. Delivery is
 // at-least-once: the checkpoint advances after HandleEvent returns nil, so an event may be
-// handled again after a crash; use the event's EventID to make the effect idempotent.
+// handled again after a crash; use the event's EventID to make the effect idempotent. An error
+// marked with Transient, or a network error, is retried with a backoff before the failure policy
+// applies (runner.WithRetry).
 // HandleEvent is called for one event at a time, in global-position order.
 type Detached interface {
 	Name() string

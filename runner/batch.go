@@ -15,6 +15,7 @@ import (
 
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/checkpoint"
+	"github.com/eventline/eventline/projector"
 )
 
 // This file applies batches: one transaction per batch that locks the checkpoint, runs the
@@ -22,54 +23,78 @@ import (
 // splitting the batch, so that the failure policy applies to it alone.
 
 // apply hands events, all in (pos, to], to the projection and moves the checkpoint to to. A
-// handler failure is narrowed down to the failing event, to which the failure policy applies.
+// handler failure is narrowed down to the failing event, to which the retry and failure policies
+// apply.
 func (w *worker) apply(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
 	if w.g.detached != nil {
 		return w.applyDetached(ctx, events, to)
+	}
+	if len(events) > 1 && events[0].GlobalPosition == w.retrying.pos {
+		// The first event failed before: try it alone, so that each retry does not split the
+		// batch again. The rest follows in the next step.
+		events, to = events[:1], events[1].GlobalPosition-1
 	}
 	err := w.dispatch(ctx, events, to)
 	var he *handlerError
 	if err == nil || !errors.As(err, &he) || he.transient {
 		return err
 	}
-	w.log.Info("handler failed on a batch: splitting it to find the failing event (the handler runs again on the others)",
+	if len(events) == 1 {
+		return w.failed(ctx, &events[0], to, he)
+	}
+	w.log.Warn("handler failed on a batch: splitting it to find the failing event; the handler runs again on the events of the halves",
+		zap.Int64("first", events[0].GlobalPosition), zap.Int64("last", events[len(events)-1].GlobalPosition),
 		zap.Int("events", len(events)), zap.Error(he.err))
-	return w.isolate(ctx, events, to)
+	return w.isolate(ctx, events, to, he)
 }
 
-// isolate finds the failing event by splitting the batch, applying what succeeds.
-func (w *worker) isolate(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
-	for {
-		if len(events) == 1 {
-			err := w.dispatch(ctx, events, to)
-			var he *handlerError
-			if err == nil || !errors.As(err, &he) || he.transient {
-				return err
-			}
-			return w.fail(ctx, &events[0], to, he)
-		}
+// isolate finds the failing event of a batch that failed with he by splitting it, applying the
+// halves that succeed.
+func (w *worker) isolate(ctx context.Context, events []eventstore.PersistedEvent, to int64, he *handlerError) error {
+	for len(events) > 1 {
 		half := len(events) / 2
 		first, firstTo := events[:half], events[half].GlobalPosition-1
 		err := w.dispatch(ctx, first, firstTo)
-		var he *handlerError
-		switch {
-		case err == nil:
+		if err == nil {
 			events = events[half:]
-			if err := w.dispatch(ctx, events, to); err == nil || !errors.As(err, &he) || he.transient {
-				return err
+			if err = w.dispatch(ctx, events, to); err == nil {
+				return nil
 			}
-		case errors.As(err, &he) && !he.transient:
+		} else {
 			events, to = first, firstTo
-		default:
+		}
+		if !errors.As(err, &he) || he.transient {
 			return err
 		}
 	}
+	return w.failed(ctx, &events[0], to, he)
+}
+
+// failed handles a handler failure on ev alone, whose batch ends at to: a retryable error that
+// has attempts left is tried again later (retryLater); otherwise the failure policy applies.
+func (w *worker) failed(ctx context.Context, ev *eventstore.PersistedEvent, to int64, he *handlerError) error {
+	if he.retryable {
+		if w.retrying.pos != ev.GlobalPosition {
+			w.retrying = retryState{pos: ev.GlobalPosition}
+		}
+		w.retrying.attempts++
+		if n := w.retrying.attempts; n < w.g.retry.Attempts {
+			return &retryLater{err: he.err, pos: ev.GlobalPosition, attempt: n, attempts: w.g.retry.Attempts, delay: w.g.retry.delay(n)}
+		}
+	}
+	w.retrying = retryState{}
+	return w.fail(ctx, ev, to, he)
 }
 
 // handlerError is an error (or panic) of the projection's handler.
 type handlerError struct {
-	err       error
-	transient bool // a database error worth retrying as is (serialization failure, lost connection)
+	err error
+	// transient: a database error of a projection's transaction worth retrying as is, without
+	// limit (serialization failure, lost connection).
+	transient bool
+	// retryable: an error marked transient (or a network error of a detached handler), retried
+	// under the registration's Retry policy before the failure policy applies.
+	retryable bool
 }
 
 func (e *handlerError) Error() string { return e.err.Error() }
@@ -111,7 +136,7 @@ func (w *worker) applyDetached(ctx context.Context, events []eventstore.Persiste
 		if !errors.As(err, &he) {
 			return err
 		}
-		return w.fail(ctx, &events[i], events[i].GlobalPosition, he)
+		return w.failed(ctx, &events[i], events[i].GlobalPosition, he)
 	}
 	return w.commit(ctx, events, to, w.parkOnly(events), start)
 }
@@ -176,6 +201,9 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 		return fmt.Errorf("commit: %w", err)
 	}
 	w.persisted, w.pos = to, to
+	if w.retrying.pos <= to {
+		w.retrying = retryState{} // the event retried is applied
+	}
 	w.lastPersist = time.Now()
 	w.mu.Lock()
 	w.statusPos, w.lastErr = to, ""
@@ -197,7 +225,8 @@ func (w *worker) setBatch(pid uint32) {
 func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore.PersistedEvent) (err error) {
 	defer w.recoverHandler(&err)
 	if herr := w.g.proj.Handle(ctx, tx, events); herr != nil {
-		return &handlerError{err: herr, transient: isTransient(herr)}
+		marked := projector.IsTransient(herr)
+		return &handlerError{err: herr, transient: !marked && isTransient(herr), retryable: marked}
 	}
 	return nil
 }
@@ -205,7 +234,7 @@ func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore
 func (w *worker) callDetached(ctx context.Context, ev eventstore.PersistedEvent) (err error) {
 	defer w.recoverHandler(&err)
 	if herr := w.g.detached.HandleEvent(ctx, ev); herr != nil {
-		return &handlerError{err: herr}
+		return &handlerError{err: herr, retryable: retryable(herr, true)}
 	}
 	return nil
 }

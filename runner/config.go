@@ -108,7 +108,8 @@ type Hooks struct {
 	BatchCommitted func(b BatchInfo)
 	// HandlerFailed: the event at position failed for good and policy was applied to it.
 	HandlerFailed func(key Unit, position int64, err error, policy FailurePolicy)
-	// Retrying: a transient error; the batch is retried after delay.
+	// Retrying: a transient database error, after which the batch is retried after delay; or a
+	// handler error marked transient, after which the event is tried again after delay (WithRetry).
 	Retrying func(key Unit, err error, delay time.Duration)
 	// HeldAtGap: a projection waits at a position not yet settled.
 	HeldAtGap func(key Unit, position int64)
@@ -235,6 +236,7 @@ type options struct {
 	policy        FailurePolicy
 	replayHistory bool
 	sequenced     bool
+	retry         Retry
 	start         int64
 	startAtEnd    bool
 }

@@ -31,6 +31,7 @@ type registration struct {
 	match     projector.Matcher
 	policy    FailurePolicy
 	sequenced bool // park the later events of an aggregate behind its parked one
+	retry     Retry
 	// startAtEnd: a first deploy starts at the horizon when the runner starts.
 	startAtEnd bool
 	log        *zap.Logger

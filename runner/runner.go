@@ -186,6 +186,10 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 	for _, opt := range opts {
 		opt(&o)
 	}
+	o.retry = o.retry.withDefaults()
+	if err := o.retry.validate(); err != nil {
+		return fmt.Errorf("register %q: %w", name, err)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.started {
@@ -224,6 +228,7 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 		match:      projector.NewMatcher(f),
 		policy:     o.policy,
 		sequenced:  o.policy == DeadLetter && o.sequenced,
+		retry:      o.retry,
 		startAtEnd: o.startAtEnd,
 		log:        r.log.With(zap.String("projection", name), zap.Int("version", version)),
 		wake:       make(chan struct{}, 1),

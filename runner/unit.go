@@ -34,6 +34,7 @@ type worker struct {
 	lastPersist time.Time
 	loadedAt    time.Time
 	parked      map[aggregate]int64 // sequenced dead letters: aggregate -> position of its first parked event
+	retrying    retryState          // the event being retried after a transient handler error
 
 	mu        sync.Mutex         // guards the fields below, read by Status and the coordinator
 	stop      context.CancelFunc // stops the running worker after its batch in flight
@@ -76,6 +77,22 @@ func (w *worker) run(ctx, hardCtx context.Context) {
 				return
 			}
 			w.loaded = false // the outcome of a failed commit is unknown: re-read the checkpoint
+			var later *retryLater
+			if errors.As(err, &later) {
+				// A transient handler failure with attempts left: wait, then try the event again
+				// (a pause or a takeover meanwhile is seen when the checkpoint is re-read).
+				w.setErr(err)
+				if f := r.cfg.Hooks.Retrying; f != nil {
+					f(w.unit, later.err, later.delay)
+				}
+				w.log.Warn("handler failed with a transient error; the event is tried again after a delay",
+					zap.Int64("position", later.pos), zap.Int("attempt", later.attempt), zap.Int("attempts", later.attempts),
+					zap.Duration("delay", later.delay), zap.Error(later.err))
+				if !sleep(ctx, later.delay) {
+					return
+				}
+				continue
+			}
 			if errors.Is(err, checkpoint.ErrConflict) {
 				// The lifecycle or the owner changed under the batch (a pause, a barrier, a
 				// takeover): not a failure, re-read and go on.
@@ -138,6 +155,9 @@ func (w *worker) load(ctx context.Context) error {
 		return err
 	}
 	w.persisted, w.pos, w.loaded = cp.Position, cp.Position, true
+	if w.retrying.pos <= cp.Position {
+		w.retrying = retryState{} // applied, skipped or parked meanwhile
+	}
 	w.loadedAt = time.Now()
 	if w.lastPersist.IsZero() {
 		w.lastPersist = w.loadedAt
