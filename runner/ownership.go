@@ -175,6 +175,7 @@ func (c *coordinator) rebalance(ctx context.Context, self checkpoint.Node) error
 	if err != nil {
 		return err
 	}
+	self.Status = r.liveStatus()
 	if err := r.cps.Heartbeat(ctx, db, self); err != nil {
 		return err
 	}

@@ -187,7 +187,14 @@ func newFixture(t *testing.T) *fixture {
 	_, err = db.Exec(ctx, `UPDATE eventline_dead_letters SET created_at = '2026-01-02T03:04:05Z'::timestamptz + id * interval '1 minute'`)
 	require.NoError(t, err)
 
-	require.NoError(t, f.cps.Heartbeat(ctx, db, checkpoint.Node{ID: "node-a", Hostname: "host-a", PID: 101, Projections: []string{"orders@1", "totals@1"}}))
+	// node-a publishes its live status (a runner does with every heartbeat): orders waits on an
+	// appender; node-b is a process that publishes none.
+	require.NoError(t, f.cps.Heartbeat(ctx, db, checkpoint.Node{ID: "node-a", Hostname: "host-a", PID: 101, Projections: []string{"orders@1", "totals@1"},
+		Status: &checkpoint.NodeStatus{Horizon: 4, Units: []checkpoint.UnitStatus{
+			{Projection: "orders", Version: 1, Partitions: 1, Owned: true, State: "running", Position: 4, EventsPerSecond: 12.5,
+				LastError: "connection reset by peer",
+				WaitingOn: &checkpoint.Waiting{Position: 5, AppenderPID: 4242, Transaction: "7/31", Since: f.now.Add(-2500 * time.Millisecond)}},
+		}}}))
 	require.NoError(t, f.cps.Heartbeat(ctx, db, checkpoint.Node{ID: "node-b", Hostname: "host-b", PID: 202, Projections: []string{"search@2", "search@3"}}))
 	_, err = db.Exec(ctx, `UPDATE eventline_nodes SET heartbeat_at = $1::timestamptz - CASE node_id WHEN 'node-a' THEN interval '2 seconds' ELSE interval '3.5 seconds' END`, f.now)
 	require.NoError(t, err)

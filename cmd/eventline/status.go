@@ -156,13 +156,14 @@ func lifecycleNotes(l admin.LifecycleStatus) string {
 	return strings.Join(parts, "; ")
 }
 
-// renderStatus writes s as the projections table and the nodes table.
+// renderStatus writes s as the projections table, notes on projections and units, and the
+// nodes table.
 func renderStatus(w io.Writer, s snapshot) {
 	if len(s.Projections) == 0 {
 		fmt.Fprintln(w, "no projections (no checkpoints yet)")
 	} else {
 		tw := newTable(w)
-		row(tw, "PROJECTION", "VERSION", "PARTITION", "OWNER", "POSITION", "HEAD", "LAG", "LAG(S)", "ROLE", "STATE", "LAST ERROR")
+		row(tw, "PROJECTION", "VERSION", "PARTITION", "OWNER", "POSITION", "HEAD", "LAG", "LAG(S)", "EVENTS/S", "ROLE", "STATE", "LAST ERROR")
 		for _, p := range s.Projections {
 			partition := "-"
 			if p.Partitions > 1 {
@@ -174,18 +175,31 @@ func renderStatus(w io.Writer, s snapshot) {
 			}
 			row(tw, p.Projection, strconv.Itoa(p.Version), partition, cell(p.Owner),
 				strconv.FormatInt(p.Position, 10), strconv.FormatInt(p.Head, 10), strconv.FormatInt(p.Lag, 10),
-				strconv.FormatFloat(p.LagSeconds, 'f', 1, 64), p.Role, p.State, cell(truncate(lastErr, errorWidth)))
+				strconv.FormatFloat(p.LagSeconds, 'f', 1, 64), strconv.FormatFloat(p.EventsPerSecond, 'f', 1, 64),
+				p.Role, p.State, cell(truncate(lastErr, errorWidth)))
 		}
 		_ = tw.Flush() // w is a buffer
 	}
-	notes := false
+	var notes []string
 	for _, l := range s.Lifecycle {
 		if n := lifecycleNotes(l); n != "" {
-			if !notes {
-				fmt.Fprintln(w)
-				notes = true
-			}
-			fmt.Fprintf(w, "%s: %s\n", l.Projection, n)
+			notes = append(notes, l.Projection+": "+n)
+		}
+	}
+	// What the owners published with their heartbeats: the appender a unit waits on, the error
+	// it retries after.
+	for _, p := range s.Projections {
+		if p.WaitingOn != nil {
+			notes = append(notes, fmt.Sprintf("%s: waiting at %s", p.Key(), p.WaitingOn))
+		}
+		if p.OwnerError != "" {
+			notes = append(notes, fmt.Sprintf("%s: retrying after: %s", p.Key(), truncate(p.OwnerError, errorWidth)))
+		}
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w)
+		for _, n := range notes {
+			fmt.Fprintln(w, n)
 		}
 	}
 	fmt.Fprintln(w)
@@ -194,10 +208,19 @@ func renderStatus(w io.Writer, s snapshot) {
 		return
 	}
 	tw := newTable(w)
-	row(tw, "NODE", "HOST", "PID", "HEARTBEAT", "PROJECTIONS")
+	row(tw, "NODE", "HOST", "PID", "HEARTBEAT", "HORIZON", "OWNED", "EVENTS/S", "PROJECTIONS")
 	for _, n := range s.Nodes {
 		row(tw, n.ID, n.Hostname, strconv.Itoa(n.PID), strconv.FormatFloat(n.HeartbeatAgeSeconds, 'f', 1, 64)+"s ago",
+			cell(horizon(n)), strconv.Itoa(n.Owned), strconv.FormatFloat(n.EventsPerSecond, 'f', 1, 64),
 			cell(strings.Join(n.Projections, ",")))
 	}
 	_ = tw.Flush()
+}
+
+// horizon is a node's published horizon, "" when it published none.
+func horizon(n admin.NodeStatus) string {
+	if n.Horizon == 0 {
+		return ""
+	}
+	return strconv.FormatInt(n.Horizon, 10)
 }

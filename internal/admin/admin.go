@@ -1,6 +1,8 @@
 // Package admin is what an operator reads and does to a running system, shared by the CLI
 // (cmd/eventline) and the web console (package console), so that both say and do the same: the
-// status snapshot (checkpoints, lifecycle records, head, lag, live runner processes), pause,
+// status snapshot (checkpoints, lifecycle records, head, lag, dead-letter counts, live runner
+// processes and the live figures they publish with their heartbeats: events per second, the
+// appender a unit waits on, their horizon) and its Check (what `status --check` fails on), pause,
 // resume, rebuild and reset through the lifecycle's transitions (with their refusals), and the
 // dead letters with retry and discard.
 //

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 )
 
@@ -52,6 +53,42 @@ type CheckpointStatus struct {
 	LastError      string    `json:"last_error"`
 	FailedPosition int64     `json:"failed_position"`
 	UpdatedAt      time.Time `json:"updated_at"`
+
+	// The live figures its owner published with its last heartbeat (checkpoint.NodeStatus): zero
+	// when the owner is not a live node or published nothing.
+
+	// EventsPerSecond applied recently by the owner.
+	EventsPerSecond float64 `json:"events_per_second"`
+	// WaitingOn is set while the unit is held at a position not settled yet.
+	WaitingOn *Waiting `json:"waiting_on"`
+	// OwnerError is the owner's last error on the unit when it differs from LastError: a
+	// transient error it retries after.
+	OwnerError string `json:"owner_error"`
+}
+
+// Key returns the unit's checkpoint key.
+func (c CheckpointStatus) Key() checkpoint.Key {
+	return checkpoint.Key{Projection: c.Projection, Version: c.Version, Partitions: c.Partitions, Partition: c.Partition}
+}
+
+// Waiting is what a unit held at a hole waits for.
+type Waiting struct {
+	// Position is the first position the unit cannot pass yet.
+	Position int64 `json:"position"`
+	// AppenderPID and Transaction identify the open transaction that holds the horizon back (0
+	// and "" when unknown); AgeSeconds is how long it has been seen open.
+	AppenderPID int     `json:"appender_pid"`
+	Transaction string  `json:"transaction"`
+	AgeSeconds  float64 `json:"age_seconds"`
+}
+
+// String is "position P" or "position P: appender pid X (transaction T) open for 2.5s".
+func (w Waiting) String() string {
+	s := fmt.Sprintf("position %d", w.Position)
+	if w.AppenderPID != 0 || w.Transaction != "" {
+		s += fmt.Sprintf(": appender pid %d (transaction %s) open for %.1fs", w.AppenderPID, w.Transaction, w.AgeSeconds)
+	}
+	return s
 }
 
 // LifecycleStatus is a projection's lifecycle record.
@@ -79,6 +116,8 @@ type LifecycleStatus struct {
 	// LastError says why the last projection-wide request could not be carried out.
 	LastError string    `json:"last_error"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// DeadLetters counts the events parked by any version of the projection.
+	DeadLetters int64 `json:"dead_letters"`
 }
 
 // NodeStatus is a live runner process.
@@ -90,6 +129,11 @@ type NodeStatus struct {
 	StartedAt           time.Time `json:"started_at"`
 	HeartbeatAt         time.Time `json:"heartbeat_at"`
 	HeartbeatAgeSeconds float64   `json:"heartbeat_age_seconds"`
+	// Horizon is the process's horizon at its last heartbeat (0 when it published none).
+	Horizon int64 `json:"horizon"`
+	// Owned counts the units it holds the lease of; EventsPerSecond sums their rates.
+	Owned           int     `json:"owned"`
+	EventsPerSecond float64 `json:"events_per_second"`
 }
 
 // Snapshot reads the checkpoints, the lifecycle records, the head, each checkpoint's lag and the
@@ -118,12 +162,22 @@ func (a *Admin) readSnapshot(ctx context.Context, tx pgx.Tx) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
+	dead, err := a.cps.CountDeadLetters(ctx, tx)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	deadBy := map[string]int64{}
+	for _, d := range dead {
+		deadBy[d.Projection] += d.Count
+	}
 	byName := make(map[string]lifecycle.Record, len(records))
 	s := Snapshot{Projections: make([]CheckpointStatus, 0, len(cps)), Lifecycle: make([]LifecycleStatus, 0, len(records)),
 		Nodes: []NodeStatus{}}
 	for _, r := range records {
 		byName[r.Projection] = r
-		s.Lifecycle = append(s.Lifecycle, recordStatus(r))
+		l := recordStatus(r)
+		l.DeadLetters = deadBy[r.Projection]
+		s.Lifecycle = append(s.Lifecycle, l)
 	}
 	events := a.events.Quoted()
 	if err := tx.QueryRow(ctx, `SELECT now(), coalesce(max(global_position), 0) FROM `+events).
@@ -134,6 +188,10 @@ func (a *Admin) readSnapshot(ctx context.Context, tx pgx.Tx) (Snapshot, error) {
 		s.Time = a.now()
 	}
 	s.Time = s.Time.UTC()
+	live, err := a.readNodes(ctx, tx, &s)
+	if err != nil {
+		return Snapshot{}, err
+	}
 	firstAfter := `SELECT created_at FROM ` + events + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`
 	for _, cp := range cps {
 		// A checkpoint without a record (which the lifecycle never leaves) reads as standby.
@@ -152,6 +210,18 @@ func (a *Admin) readSnapshot(ctx context.Context, tx pgx.Tx) (Snapshot, error) {
 				p.Owner = cp.Owner
 			}
 		}
+		if lu, ok := live[p.Owner][cp.Key.Normalize()]; ok && p.Owner != "" && lu.Owned {
+			p.EventsPerSecond = lu.EventsPerSecond
+			if lu.LastError != cp.LastError {
+				p.OwnerError = lu.LastError
+			}
+			if w := lu.WaitingOn; w != nil {
+				p.WaitingOn = &Waiting{Position: w.Position, AppenderPID: w.AppenderPID, Transaction: w.Transaction}
+				if !w.Since.IsZero() {
+					p.WaitingOn.AgeSeconds = roundTo(max(0, s.Time.Sub(w.Since).Seconds()), 3)
+				}
+			}
+		}
 		if p.Lag > 0 {
 			var created time.Time
 			err := tx.QueryRow(ctx, firstAfter, cp.Position).Scan(&created)
@@ -164,22 +234,41 @@ func (a *Admin) readSnapshot(ctx context.Context, tx pgx.Tx) (Snapshot, error) {
 		}
 		s.Projections = append(s.Projections, p)
 	}
+	return s, nil
+}
+
+// readNodes appends the live nodes to s.Nodes and returns the units each published, by node ID.
+func (a *Admin) readNodes(ctx context.Context, tx pgx.Tx, s *Snapshot) (map[string]map[checkpoint.Key]checkpoint.UnitStatus, error) {
 	nodes, err := a.cps.Nodes(ctx, tx, NodeAliveDefault)
 	if err != nil {
-		return Snapshot{}, err
+		return nil, err
 	}
+	live := map[string]map[checkpoint.Key]checkpoint.UnitStatus{}
 	for _, n := range nodes {
-		projections := n.Projections
-		if projections == nil {
-			projections = []string{}
-		}
-		s.Nodes = append(s.Nodes, NodeStatus{
-			ID: n.ID, Hostname: n.Hostname, PID: n.PID, Projections: projections,
+		node := NodeStatus{
+			ID: n.ID, Hostname: n.Hostname, PID: n.PID, Projections: n.Projections,
 			StartedAt: n.StartedAt.UTC(), HeartbeatAt: n.HeartbeatAt.UTC(),
 			HeartbeatAgeSeconds: roundTo(max(0, s.Time.Sub(n.HeartbeatAt).Seconds()), 3),
-		})
+		}
+		if node.Projections == nil {
+			node.Projections = []string{}
+		}
+		if n.Status != nil {
+			node.Horizon = n.Status.Horizon
+			units := make(map[checkpoint.Key]checkpoint.UnitStatus, len(n.Status.Units))
+			for _, u := range n.Status.Units {
+				units[u.Key().Normalize()] = u
+				if u.Owned {
+					node.Owned++
+					node.EventsPerSecond += u.EventsPerSecond
+				}
+			}
+			node.EventsPerSecond = roundTo(node.EventsPerSecond, 2)
+			live[n.ID] = units
+		}
+		s.Nodes = append(s.Nodes, node)
 	}
-	return s, nil
+	return live, nil
 }
 
 func recordStatus(r lifecycle.Record) LifecycleStatus {

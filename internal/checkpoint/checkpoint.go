@@ -13,6 +13,7 @@ package checkpoint
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -403,6 +404,33 @@ func (s *Store) VersionDeadLetters(ctx context.Context, db eventstore.DBTX, proj
 	return s.queryDead(ctx, db, "list dead letters", `projection = $1 AND version = $2`, projection, max(1, version))
 }
 
+// DeadLetterCount is how many events one version of a projection has parked.
+type DeadLetterCount struct {
+	Projection string
+	Version    int
+	Count      int64
+}
+
+// CountDeadLetters counts the parked events of every version of every projection that has any,
+// ordered by projection and version.
+func (s *Store) CountDeadLetters(ctx context.Context, db eventstore.DBTX) ([]DeadLetterCount, error) {
+	rows, err := db.Query(ctx, `SELECT projection, version, count(*) FROM `+s.dead+` GROUP BY 1, 2 ORDER BY 1, 2`)
+	if err != nil {
+		return nil, fmt.Errorf("count dead letters: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (DeadLetterCount, error) {
+		var c DeadLetterCount
+		var version int32
+		err := r.Scan(&c.Projection, &version, &c.Count)
+		c.Version = int(version)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count dead letters: %w", err)
+	}
+	return out, nil
+}
+
 // LockAggregateDeadLetters locks and returns the parked events of one aggregate for one version,
 // in position order.
 func (s *Store) LockAggregateDeadLetters(ctx context.Context, tx pgx.Tx, projection string, version int, aggType, aggID string) ([]DeadLetter, error) {
@@ -463,13 +491,69 @@ type Node struct {
 	Projections []string // name@version of what it has registered
 	StartedAt   time.Time
 	HeartbeatAt time.Time
+	// Status is what the process published with its last heartbeat; nil when it published
+	// nothing (a process older than migration 0006).
+	Status *NodeStatus
 }
 
-// Heartbeat records that node is alive (and what it runs).
+// NodeStatus is a runner process's live view, published with each heartbeat (migration 0006):
+// the figures only the process knows. It is stored as JSON with these keys.
+type NodeStatus struct {
+	// Horizon is the process's horizon: every position at or below it is settled.
+	Horizon int64 `json:"horizon"`
+	// Units are the units this process has workers for (owned or being handed over).
+	Units []UnitStatus `json:"units"`
+}
+
+// UnitStatus is one unit as the process running it sees it.
+type UnitStatus struct {
+	Projection string `json:"projection"`
+	Version    int    `json:"version"`
+	Partitions int    `json:"partitions"`
+	Partition  int    `json:"partition"`
+	// Owned: the worker runs (this process holds the lease).
+	Owned bool `json:"owned"`
+	// State is the one-word state (running, stopped, paused, building, waiting, ...).
+	State string `json:"state"`
+	// Position is the worker's position in memory (it may be ahead of the checkpoint over
+	// events its filter skipped).
+	Position int64 `json:"position"`
+	// EventsPerSecond applied recently.
+	EventsPerSecond float64 `json:"events_per_second"`
+	// LastError is the last transient error while the worker retries, "" when none.
+	LastError string `json:"last_error,omitempty"`
+	// WaitingOn is set while the unit is held at a position not settled yet.
+	WaitingOn *Waiting `json:"waiting_on,omitempty"`
+}
+
+// Key returns the unit's checkpoint key.
+func (u UnitStatus) Key() Key {
+	return Key{Projection: u.Projection, Version: u.Version, Partitions: u.Partitions, Partition: u.Partition}
+}
+
+// Waiting says what a unit held at a hole waits for.
+type Waiting struct {
+	// Position is the first position the unit cannot pass yet.
+	Position int64 `json:"position"`
+	// AppenderPID and Transaction identify the open transaction that holds the horizon back
+	// (0 and "" when the process does not know it); Since is when the process first saw it.
+	AppenderPID int       `json:"appender_pid,omitempty"`
+	Transaction string    `json:"transaction,omitempty"`
+	Since       time.Time `json:"since,omitzero"`
+}
+
+// Heartbeat records that node is alive, what it runs, and its live status.
 func (s *Store) Heartbeat(ctx context.Context, db eventstore.DBTX, n Node) error {
-	if _, err := db.Exec(ctx, `INSERT INTO `+s.nodes+` (node_id, hostname, pid, projections) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), projections = EXCLUDED.projections`,
-		n.ID, n.Hostname, n.PID, n.Projections); err != nil {
+	var status []byte
+	if n.Status != nil {
+		var err error
+		if status, err = json.Marshal(n.Status); err != nil {
+			return fmt.Errorf("heartbeat of %s: encode status: %w", n.ID, err)
+		}
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO `+s.nodes+` (node_id, hostname, pid, projections, status) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), projections = EXCLUDED.projections, status = EXCLUDED.status`,
+		n.ID, n.Hostname, n.PID, n.Projections, status); err != nil {
 		return fmt.Errorf("heartbeat of %s: %w", n.ID, err)
 	}
 	return nil
@@ -477,7 +561,7 @@ func (s *Store) Heartbeat(ctx context.Context, db eventstore.DBTX, n Node) error
 
 // Nodes lists the nodes that sent a heartbeat within alive, ordered by ID. It only reads.
 func (s *Store) Nodes(ctx context.Context, db eventstore.DBTX, alive time.Duration) ([]Node, error) {
-	rows, err := db.Query(ctx, `SELECT node_id, hostname, pid, projections, started_at, heartbeat_at FROM `+s.nodes+`
+	rows, err := db.Query(ctx, `SELECT node_id, hostname, pid, projections, started_at, heartbeat_at, status FROM `+s.nodes+`
 		WHERE heartbeat_at >= now() - $1 * interval '1 millisecond' ORDER BY node_id`, alive.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
@@ -485,9 +569,18 @@ func (s *Store) Nodes(ctx context.Context, db eventstore.DBTX, alive time.Durati
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Node, error) {
 		var n Node
 		var pid int32
-		err := r.Scan(&n.ID, &n.Hostname, &pid, &n.Projections, &n.StartedAt, &n.HeartbeatAt)
+		var status []byte
+		if err := r.Scan(&n.ID, &n.Hostname, &pid, &n.Projections, &n.StartedAt, &n.HeartbeatAt, &status); err != nil {
+			return n, err
+		}
 		n.PID = int(pid)
-		return n, err
+		if status != nil {
+			n.Status = new(NodeStatus)
+			if err := json.Unmarshal(status, n.Status); err != nil {
+				return n, fmt.Errorf("status of node %s: %w", n.ID, err)
+			}
+		}
+		return n, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)

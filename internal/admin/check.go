@@ -1,0 +1,87 @@
+package admin
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/eventline/eventline/internal/lifecycle"
+)
+
+// Bounds are what Check holds a snapshot to.
+type Bounds struct {
+	// MaxLag is the most an active unit may lag, as the age of the first event it has not applied.
+	// 0: no bound.
+	MaxLag time.Duration
+	// MaxLagEvents is the most an active unit may lag in positions. 0: no bound.
+	MaxLagEvents int64
+}
+
+// Problem is one reason a snapshot fails Check.
+type Problem struct {
+	// Projection, and Unit when the problem is a unit's ("" for a projection-wide problem).
+	Projection string `json:"projection"`
+	Unit       string `json:"unit"`
+	// Kind is one of "stopped", "dead_letters", "lag", "no_owner".
+	Kind   string `json:"kind"`
+	Reason string `json:"reason"`
+}
+
+func (p Problem) String() string {
+	what := p.Projection
+	if p.Unit != "" {
+		what = p.Unit
+	}
+	return what + ": " + p.Reason
+}
+
+// Problem kinds.
+const (
+	ProblemStopped     = "stopped"
+	ProblemDeadLetters = "dead_letters"
+	ProblemLag         = "lag"
+	ProblemNoOwner     = "no_owner"
+)
+
+// Check returns what is wrong in s, in the order of s.Lifecycle and s.Projections (nil when
+// nothing is): a unit stopped by a handler failure, a projection with dead letters, an active
+// unit that lags beyond b (not a paused or stopped one: its lag has a reason already given), and
+// a unit the projection runs (active, building or waiting) that no live process holds a lease on.
+// Retired and standby layouts are not checked.
+func (s Snapshot) Check(b Bounds) []Problem {
+	var out []Problem
+	for _, p := range s.Lifecycle {
+		if p.DeadLetters > 0 {
+			out = append(out, Problem{Projection: p.Projection, Kind: ProblemDeadLetters,
+				Reason: fmt.Sprintf("%d dead letters (eventline dead-letters list)", p.DeadLetters)})
+		}
+	}
+	for _, u := range s.Projections {
+		role := lifecycle.Role(u.Role)
+		if role != lifecycle.Active && role != lifecycle.Building && role != lifecycle.Waiting {
+			continue
+		}
+		unit := u.Key().String()
+		problem := func(kind, format string, args ...any) {
+			out = append(out, Problem{Projection: u.Projection, Unit: unit, Kind: kind, Reason: fmt.Sprintf(format, args...)})
+		}
+		if u.FailedPosition > 0 {
+			problem(ProblemStopped, "stopped at position %d: %s", u.FailedPosition, u.LastError)
+		}
+		if u.Owner == "" {
+			if u.LeaseOwner != "" {
+				problem(ProblemNoOwner, "no live owner (the lease of %s expired at %s)", u.LeaseOwner, u.LeaseUntil.Format(time.RFC3339))
+			} else {
+				problem(ProblemNoOwner, "no live owner (no runner process holds a lease on it)")
+			}
+		}
+		if role != lifecycle.Active || u.State == "paused" || u.FailedPosition > 0 {
+			continue // only the active layout serves; a pause or a stop already says why it lags
+		}
+		if b.MaxLag > 0 && u.LagSeconds > b.MaxLag.Seconds() {
+			problem(ProblemLag, "lags %.1fs behind (bound %s): at %d, head %d", u.LagSeconds, b.MaxLag, u.Position, u.Head)
+		} else if b.MaxLagEvents > 0 && u.Lag > b.MaxLagEvents {
+			problem(ProblemLag, "lags %d positions behind (bound %d): at %d, head %d", u.Lag, b.MaxLagEvents, u.Position, u.Head)
+		}
+	}
+	return out
+}
