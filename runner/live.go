@@ -4,7 +4,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/checkpoint"
 )
 
 // liveStatus is this process's live view, published with each heartbeat (checkpoint.NodeStatus)

@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/eventline/eventline/checkpoint"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 )
 
