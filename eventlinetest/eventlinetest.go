@@ -48,6 +48,7 @@ import (
 
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
+	"github.com/eventline/eventline/internal/filter"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
@@ -168,7 +169,7 @@ func Apply(t testing.TB, pool *pgxpool.Pool, p projector.Projection, events ...e
 			return err
 		}
 		f, _ := p.(projector.Filter)
-		m := projector.NewMatcher(f)
+		m := filter.Compile(f)
 		batch := make([]eventstore.PersistedEvent, 0, len(out))
 		for i := range out {
 			if m.Match(&out[i]) {

@@ -1,6 +1,6 @@
 // Package eventstore holds the types shared by the append side and the read side of eventline:
-// events, expected versions, append results, aggregate streams, errors, the Logger seam and the
-// small interfaces that the PostgreSQL store in package eventstore/postgres implements.
+// events, expected versions, append results, aggregate streams, errors and the small interfaces
+// that the PostgreSQL store in package eventstore/postgres implements.
 //
 // Nothing in this package touches a database.
 package eventstore

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/filter"
 	"github.com/eventline/eventline/projector"
 )
 
@@ -35,12 +36,12 @@ func TestRouterDecodesAndRoutes(t *testing.T) {
 	err := r.Handle(context.Background(), nil, []eventstore.PersistedEvent{ev("Deposited", `{"amount":`)})
 	require.ErrorContains(t, err, "decode Deposited payload")
 
-	m := projector.NewMatcher(r)
+	m := filter.Compile(r)
 	require.True(t, m.Match(&[]eventstore.PersistedEvent{ev("Deposited", "")}[0]))
 	other := ev("Deposited", "")
 	other.AggregateType = "order"
 	require.False(t, m.Match(&other))
-	require.True(t, projector.NewMatcher(nil).All())
+	require.True(t, filter.Compile(nil).All())
 }
 
 func TestRouterWithoutHandlersIsInvalid(t *testing.T) {

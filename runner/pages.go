@@ -8,7 +8,7 @@ import (
 
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
-	"github.com/eventline/eventline/projector"
+	"github.com/eventline/eventline/internal/filter"
 )
 
 // page is what a projection at position from may apply: every event in (from, safe], in order.
@@ -192,7 +192,7 @@ func cut(evs []eventstore.PersistedEvent, from, h int64, limit int, gen uint64) 
 // readFiltered reads, for one projection alone, the events in (from, h] that its filter lets
 // through. Everything up to h is settled, so the projection may move to h when the page is not
 // full, even past events the filter skipped.
-func (r *pageReader) readFiltered(ctx context.Context, from, h int64, m projector.Matcher) (*page, error) {
+func (r *pageReader) readFiltered(ctx context.Context, from, h int64, m filter.Matcher) (*page, error) {
 	evs, err := r.store.ReadEventsBetween(ctx, r.pool, from, h, r.limit, m.AggregateTypes(), m.EventTypes())
 	if err != nil {
 		return nil, err

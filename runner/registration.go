@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eventline/eventline/internal/checkpoint"
+	"github.com/eventline/eventline/internal/filter"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/projector"
 )
@@ -28,7 +29,7 @@ type registration struct {
 	code      lifecycle.Code
 	proj      projector.Projection
 	detached  projector.Detached
-	match     projector.Matcher
+	match     filter.Matcher
 	policy    FailurePolicy
 	sequenced bool // park the later events of an aggregate behind its parked one
 	retry     Retry

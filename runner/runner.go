@@ -48,6 +48,7 @@ import (
 
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/checkpoint"
+	"github.com/eventline/eventline/internal/filter"
 	"github.com/eventline/eventline/internal/horizon"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
@@ -101,6 +102,7 @@ type Runner struct {
 	nodeID   string
 	control  chan struct{} // wakes the ownership coordinator
 	lagSQL   string
+	events   sqlname.Name // the store's events table
 }
 
 // New returns a runner reading store's events table through pool.
@@ -132,12 +134,17 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 			return nil, fmt.Errorf("runner config: %w", err)
 		}
 	}
-	ev := store.EventsTable().Quoted()
+	events, err := sqlname.Parse("events table", store.Config().EventsTable)
+	if err != nil {
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	ev := events.Quoted()
 	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageCache)
 	pages.onRead = cfg.Hooks.PageRead
 	return &Runner{
 		pool:     pool,
 		store:    store,
+		events:   events,
 		cfg:      cfg,
 		log:      cfg.Logger.Named("runner"),
 		cps:      cps,
@@ -225,7 +232,7 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 			Detached: d != nil, Resettable: resettable && d == nil, Replay: o.replayHistory, Start: o.start},
 		proj:       p,
 		detached:   d,
-		match:      projector.NewMatcher(f),
+		match:      filter.Compile(f),
 		policy:     o.policy,
 		sequenced:  o.policy == DeadLetter && o.sequenced,
 		retry:      o.retry,
@@ -399,12 +406,12 @@ func (r *Runner) abandonStuck() error {
 // start runs the start-up checks, the first horizon tick, and each projection's deploy
 // transition and Setup.
 func (r *Runner) start(ctx context.Context, regs []*registration) (*horizon.Tracker, error) {
-	seq, err := horizon.Check(ctx, r.pool, r.store.EventsTable())
+	seq, err := horizon.Check(ctx, r.pool, r.events)
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
 	}
 	connCfg := r.pool.Config().ConnConfig.Copy()
-	tracker := horizon.New(r.store.EventsTable(), seq, 0, func(ctx context.Context) (*pgx.Conn, error) {
+	tracker := horizon.New(r.events, seq, 0, func(ctx context.Context) (*pgx.Conn, error) {
 		return pgx.ConnectConfig(ctx, connCfg)
 	})
 	if _, err := tracker.Tick(ctx); err != nil {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/filter"
 	"github.com/eventline/eventline/internal/horizon"
 	"github.com/eventline/eventline/projector"
 )
@@ -156,7 +157,7 @@ func (r *Runner) subscribe(ctx context.Context, from StartPosition, o subscribeO
 	if o.started != nil {
 		o.started(pos)
 	}
-	match := projector.NewMatcher(o.filter)
+	match := filter.Compile(o.filter)
 	backoff := r.cfg.RetryMin
 	var heldAt int64
 	for {

@@ -3,7 +3,6 @@ package postgres
 import (
 	"fmt"
 
-	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/migrations"
 )
@@ -11,8 +10,6 @@ import (
 // StoreConfig configures a Store. Build it with DefaultStoreConfig or NewStoreConfig; it must
 // not be changed after it was passed to NewStore.
 type StoreConfig struct {
-	// Logger receives the store's log lines. Defaults to discarding them.
-	Logger eventstore.Logger
 	// EventsTable is the table events are appended to. Defaults to "events".
 	EventsTable string
 	// AggregateHeadsTable holds each aggregate's current version. Defaults to "aggregate_heads".
@@ -30,7 +27,6 @@ type StoreOption func(*StoreConfig)
 // DefaultStoreConfig returns the configuration with every default.
 func DefaultStoreConfig() *StoreConfig {
 	return &StoreConfig{
-		Logger:              eventstore.NopLogger{},
 		EventsTable:         migrations.EventsTableDefault,
 		AggregateHeadsTable: migrations.AggregateHeadsTableDefault,
 	}
@@ -43,16 +39,6 @@ func NewStoreConfig(opts ...StoreOption) *StoreConfig {
 		o(cfg)
 	}
 	return cfg
-}
-
-// WithLogger sets the logger; nil discards.
-func WithLogger(l eventstore.Logger) StoreOption {
-	return func(c *StoreConfig) {
-		if l == nil {
-			l = eventstore.NopLogger{}
-		}
-		c.Logger = l
-	}
 }
 
 // WithEventsTable sets the events table name (a plain identifier, optionally schema-qualified).

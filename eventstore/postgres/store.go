@@ -30,7 +30,6 @@ type Store struct {
 	cfg    StoreConfig
 	events sqlname.Name
 	heads  sqlname.Name
-	log    eventstore.Logger
 
 	appendAnySQL, appendNoStreamSQL, appendExactSQL string   // templates, see appendSQL
 	appendCache                                     sync.Map // appendKey -> string
@@ -55,10 +54,7 @@ func NewStore(cfg *StoreConfig) *Store {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
-	s := &Store{cfg: *cfg, log: cfg.Logger}
-	if s.log == nil {
-		s.log = eventstore.NopLogger{}
-	}
+	s := &Store{cfg: *cfg}
 	s.events, _ = sqlname.Parse("events table", cfg.EventsTable)
 	s.heads, _ = sqlname.Parse("aggregate heads table", cfg.AggregateHeadsTable)
 	s.buildSQL()
@@ -67,9 +63,6 @@ func NewStore(cfg *StoreConfig) *Store {
 
 // Config returns a copy of the store's configuration.
 func (s *Store) Config() StoreConfig { return s.cfg }
-
-// EventsTable is the validated events table name.
-func (s *Store) EventsTable() sqlname.Name { return s.events }
 
 // eventColumns is the column list every read selects, in the order scanEvent expects.
 const eventColumns = `global_position, event_id, aggregate_type, aggregate_id, aggregate_version,
@@ -425,9 +418,3 @@ func deref(s *string) string {
 }
 
 const uniqueViolation = "23505"
-
-// IsUniqueViolation reports whether err is a PostgreSQL unique violation (SQLSTATE 23505).
-func IsUniqueViolation(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == uniqueViolation
-}
