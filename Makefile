@@ -34,8 +34,12 @@ SOAK_DURATION ?= 5m
 soak: ## Run the lifecycle model test for SOAK_DURATION (default 5m); EVENTLINE_MODEL_SEED replays a seed
 	EVENTLINE_MODEL_DURATION=$(SOAK_DURATION) $(GO) test -race -count=1 -timeout 0 -run '^TestLifecycleModel$$' -v ./runner
 
-demo: ## Run the demo (examples/demo)
-	$(GO) run ./examples/demo
+# Built, then run directly rather than with go run: go run exits with status 1 when it receives
+# Ctrl-C, even when the program stops cleanly.
+DEMO_ARGS ?=
+demo: ## Run the demo (examples/demo; DEMO_ARGS='-duration 30s' passes flags); Ctrl-C stops it
+	$(GO) build -o bin/demo ./examples/demo
+	exec ./bin/demo $(DEMO_ARGS)
 
 lint: ## Run go vet, gofmt and staticcheck
 	$(GO) vet $(PKG)

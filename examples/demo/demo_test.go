@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,7 +22,14 @@ import (
 	"github.com/eventline/eventline/eventlinetest"
 )
 
+// childEnv makes the test binary run the demo's main instead of the tests (TestDemoSignal).
+const childEnv = "EVENTLINE_DEMO_CHILD"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		main()
+		os.Exit(0)
+	}
 	code := eventlinetest.Run(m)
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -98,4 +110,65 @@ func TestDemo(t *testing.T) {
 	var def string
 	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT definition FROM pg_views WHERE viewname = 'demo_account_balances'`).Scan(&def))
 	require.Contains(t, def, "demo_balances_v2")
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// Ctrl-C (SIGINT) and SIGTERM stop the demo program cleanly: it says so and exits with status 0.
+func TestDemoSignal(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			db := eventlinetest.NewDatabase(t)
+			cmd := exec.Command(os.Args[0], "-metrics", "", "-writers", "2", "-rate", "100")
+			cmd.Env = append(os.Environ(), childEnv+"=1", "DATABASE_URL="+db.URL)
+			var out syncBuffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			require.NoError(t, cmd.Start())
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			// Wait for the first progress table: the demo is running.
+			deadline := time.After(time.Minute)
+			for !strings.Contains(out.String(), "big_deposit_notifier") {
+				select {
+				case err := <-exited:
+					t.Fatalf("the demo exited early (%v):\n%s", err, out.String())
+				case <-deadline:
+					_ = cmd.Process.Kill()
+					<-exited
+					t.Fatalf("the demo did not start:\n%s", out.String())
+				case <-time.After(50 * time.Millisecond): // polling the demo's output
+				}
+			}
+			require.NoError(t, cmd.Process.Signal(sig))
+			select {
+			case err := <-exited:
+				var ee *exec.ExitError
+				if errors.As(err, &ee) {
+					t.Fatalf("the demo exited with %v:\n%s", ee, out.String())
+				}
+				require.NoError(t, err)
+			case <-time.After(time.Minute):
+				_ = cmd.Process.Kill()
+				<-exited
+				t.Fatalf("the demo did not stop:\n%s", out.String())
+			}
+			require.Contains(t, out.String(), "stopped cleanly")
+		})
+	}
 }
