@@ -336,6 +336,10 @@ func (s *Store) Release(ctx context.Context, db eventstore.DBTX, key Key, owner 
 // DeadLetter is a parked event. Dead letters belong to a version of a projection, not to a
 // partition: the owner of the event's aggregate under the current layout retries them.
 type DeadLetter struct {
+	// ID is the handle that retry and discard take: unique and increasing in the order events
+	// were first parked. It is not a count: parking an event again keeps its ID, but an ID drawn
+	// by a transaction that then rolled back (a batch whose checkpoint moved meanwhile) is not
+	// reused, so IDs may have gaps.
 	ID             int64
 	Projection     string
 	Version        int
@@ -358,6 +362,18 @@ func (s *Store) Park(ctx context.Context, tx pgx.Tx, key Key, ev *eventstore.Per
 	var blocked *int64
 	if blockedBy > 0 {
 		blocked = &blockedBy
+	}
+	// Update first: an INSERT ... ON CONFLICT draws an ID from the sequence even when it updates,
+	// which would leave a gap in the IDs at every repeated failure. The INSERT's ON CONFLICT
+	// still covers a concurrent first park of the same event.
+	tag, err := tx.Exec(ctx, `UPDATE `+s.dead+` SET error = $4, attempts = attempts + 1, retry_requested = false
+		WHERE projection = $1 AND version = $2 AND global_position = $3`,
+		key.Projection, key.version(), ev.GlobalPosition, errText)
+	if err != nil {
+		return fmt.Errorf("park event %d for %s again: %w", ev.GlobalPosition, key, err)
+	}
+	if tag.RowsAffected() > 0 {
+		return nil
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO `+s.dead+` (projection, version, global_position, event_id, aggregate_type, aggregate_id, error, blocked_by)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)

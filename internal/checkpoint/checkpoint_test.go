@@ -399,6 +399,29 @@ func TestDeadLetters(t *testing.T) {
 	require.Len(t, v1, 2)
 }
 
+// Parking an event again (a retry that failed, another partition layout) keeps its dead letter
+// and does not use up an ID: the next event parked gets the next ID.
+func TestDeadLetterIDsWithoutGapsFromRepeats(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	s, db := newStore(t)
+	key := checkpoint.Key{Projection: "p"}
+	park := func(ev *eventstore.PersistedEvent) {
+		t.Helper()
+		require.NoError(t, pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return s.Park(ctx, tx, key, ev, "bad", 0) }))
+	}
+	e1, e2 := event(1, "o-1"), event(2, "o-2")
+	for range 3 {
+		park(e1)
+	}
+	park(e2)
+	dl, err := s.DeadLetters(ctx, db.Pool, "p")
+	require.NoError(t, err)
+	require.Len(t, dl, 2)
+	require.Equal(t, 3, dl[0].Attempts)
+	require.Equal(t, dl[0].ID+1, dl[1].ID)
+}
+
 func TestInvalidTableNames(t *testing.T) {
 	t.Parallel()
 	for _, cfg := range []checkpoint.Config{
