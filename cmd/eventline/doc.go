@@ -12,6 +12,8 @@
 //
 //	migrate [--print]                         create or upgrade the tables
 //	status [--watch] [--interval 2s] [--json] projections, lag and live runner processes
+//	status --check [--max-lag 30s]            exit 4 when a projection is stopped, has dead
+//	                                          letters, lags or has no live owner
 //	rebuild NAME                              empty a projection's read model and replay it from 0
 //	pause NAME                                stop applying events to a projection
 //	resume NAME                               apply events again (also clears failures)
@@ -93,8 +95,18 @@
 //	orders: switching from v1/1 to v1/4 at 4
 //	totals: last error: rebuild request refused: ...
 //
+// Then, for each unit, what its owner published with its last heartbeat (runners publish their
+// live status in the nodes table every heartbeat):
+//
+//	orders: waiting at position 5: appender pid 4242 (transaction 7/31) open for 2.5s
+//	orders: retrying after: connection reset by peer
+//
+// EVENTS/S in the table is the events its owner applied per second lately.
+//
 // After that comes the list of live runner processes (those that sent a heartbeat within
-// the last 10s): node id, host, pid, heartbeat age and the projections it has registered.
+// the last 10s): node id, host, pid, heartbeat age, its horizon (every position at or below
+// it is settled), how many units it owns, their events per second, and the projections it has
+// registered.
 //
 // With --json, status prints one object instead, with snake_case keys and the full errors:
 //
@@ -105,21 +117,39 @@
 //	                   "owner" (holder of a live lease, "" when none),
 //	                   "lease_owner", "lease_until" (the last lease, live or expired; "" and
 //	                   null when there is none), "position", "head", "lag", "lag_seconds",
-//	                   "role", "state", "last_error", "failed_position", "updated_at"}, ...],
+//	                   "role", "state", "last_error", "failed_position", "updated_at",
+//	                   "events_per_second", "waiting_on" (null, or {"position",
+//	                   "appender_pid", "transaction", "age_seconds"}), "owner_error"}, ...],
 //	  "lifecycle": [{"projection", "active_version", "active_partitions",
 //	                 "target_version", "target_partitions", "target_mode" ("build" or
 //	                 "switch"; 0, 0 and "" when no change is in progress),
 //	                 "barrier" (null when none), "paused", "rebuild_pending",
 //	                 "rebuild_requests", "rebuilds", "detached", "resettable",
-//	                 "last_error", "updated_at"}, ...],
+//	                 "last_error", "updated_at", "dead_letters"}, ...],
 //	  "nodes": [{"id", "hostname", "pid", "projections", "started_at", "heartbeat_at",
-//	             "heartbeat_age_seconds"}, ...]
+//	             "heartbeat_age_seconds", "horizon", "owned", "events_per_second"}, ...]
 //	}
 //
 // With --watch, status redraws every --interval (default 2s) until interrupted (Ctrl-C, which
 // then exits 0). On a terminal it clears the screen before each redraw; otherwise it prints the
 // successive tables separated by a blank line, or with --json one compact object per line. An
 // error after the first snapshot is printed to stderr and the next interval tries again.
+//
+// With --check, status judges instead of showing, for cron and CI: it prints one line per
+// problem and exits 4 when a unit the projection runs (active, building or waiting) was stopped
+// by a handler failure or has no live owner (not counted for a paused projection), when a
+// projection has dead letters, or when an active unit, neither paused nor stopped, lags beyond
+// --max-lag (a duration: the age of its oldest event not applied) or --max-lag-events
+// (positions); lag is not checked without them. Otherwise it prints "ok: ..." and exits 0.
+//
+//	$ eventline status --check --max-lag 30s
+//	orders: 2 dead letters (eventline dead-letters list)
+//	orders: lags 60.0s behind (bound 30s): at 4, head 10
+//	search@2#1/2: no live owner (the lease of node-gone ran out)
+//	totals: stopped at position 7: apply Placed to totals: ...
+//
+// --check --json prints {"ok", "problems": [{"projection", "unit", "kind", "reason"}]}, kind
+// being stopped, dead_letters, lag or no_owner.
 //
 // # Dead letters
 //
@@ -145,6 +175,7 @@
 //	   no database URL
 //	3  not found: no such projection (rebuild, pause, resume: no runner has registered it yet)
 //	   or dead letter (retry, discard)
+//	4  status --check found a problem
 //
 // Errors go to stderr as "eventline: <message>".
 package main

@@ -28,6 +28,7 @@ const (
 	exitError    = 1
 	exitUsage    = 2
 	exitNotFound = 3
+	exitCheck    = 4
 )
 
 // connectTimeoutDefault bounds connecting when the URL sets no connect_timeout.
@@ -136,6 +137,9 @@ func (a *app) report(err error) int {
 		return exitOK
 	}
 	fmt.Fprintf(a.stderr, "eventline: %v\n", err)
+	if _, ok := errors.AsType[*checkFailed](err); ok {
+		return exitCheck
+	}
 	if ue, ok := errors.AsType[*usageError](err); ok {
 		if ue.cmd != "" {
 			fmt.Fprintf(a.stderr, "Run 'eventline %s --help' for usage.\n", ue.cmd)
@@ -164,6 +168,8 @@ Usage:
 Commands:
   migrate [--print]                          create or upgrade the tables
   status [--watch] [--interval 2s] [--json]  projections, lag and live runner processes
+  status --check [--max-lag 30s]             exit 4 when a projection is stopped, has dead letters,
+                                             lags or has no live owner
   rebuild NAME                               empty a projection's read model and replay it from 0
   pause NAME                                 stop applying events to a projection
   resume NAME                                apply events to a projection again (clears failures)
@@ -186,6 +192,8 @@ Exit codes:
      detached handler or of a projection without Reset, reset of a running projection)
   2  usage error (unknown command, bad flag, missing argument, invalid table name, no database URL)
   3  not found (unknown projection or dead letter)
+  4  status --check found a problem (a projection stopped, with dead letters, lagging beyond
+     the bound or without a live owner)
 `
 
 func (a *app) printTopUsage(w io.Writer) {

@@ -26,7 +26,7 @@ type dbConn struct {
 type snapshot = admin.Snapshot
 
 func (a *app) cmdStatus(ctx context.Context, args []string) error {
-	c := a.newCommand("status", "[--watch] [--interval 2s] [--json]",
+	c := a.newCommand("status", "[--watch] [--interval 2s] [--json] | --check [--max-lag 30s] [--max-lag-events N] [--json]",
 		`Shows every checkpoint (each version and partition of each projection): its owner, position,
 the head of the events table, the lag in events and in seconds (the age of the oldest event not
 applied yet), its role, state and last error; then a line for each projection that is paused,
@@ -43,9 +43,25 @@ the active layout and the role for the others.
 snake_case keys and full errors: "projections" has one object per checkpoint, "lifecycle" one
 per projection.
 
+EVENTS/S and the "waiting at" and "retrying after" lines are what each unit's owner published
+with its last heartbeat: the events it applied per second, the open appender transaction that
+holds it at a position, the transient error it retries after. The nodes table shows each
+process's horizon (every position at or below it is settled), the units it owns and their
+events per second.
+
 --watch redraws every --interval until interrupted (Ctrl-C exits 0): on a terminal it clears the
 screen first; otherwise it separates the tables with a blank line, or prints one JSON object per
-line.`)
+line.
+
+--check is for cron and CI: it prints one line per problem and exits 4 when a unit the projection
+runs (active, building or waiting) is stopped by a handler failure or has no live owner, when a
+projection has dead letters, or when an active unit that is neither paused nor stopped lags
+beyond --max-lag (the age of its oldest event not applied) or --max-lag-events (positions);
+otherwise it prints "ok: ..." and exits 0. With --json it prints {"ok", "problems": [{"projection",
+"unit", "kind", "reason"}]}, kind being stopped, dead_letters, lag or no_owner.`)
+	check := c.Bool("check", false, "exit 4 when a projection is stopped, has dead letters, lags beyond --max-lag or has no live owner; print why")
+	maxLag := c.Duration("max-lag", 0, "with --check: the most an active projection may lag, as the age of its oldest event not applied (0: no bound)")
+	maxLagEvents := c.Int64("max-lag-events", 0, "with --check: the most an active projection may lag in positions (0: no bound)")
 	watch := c.Bool("watch", false, "redraw every --interval until interrupted")
 	interval := c.Duration("interval", 2*time.Second, "time between redraws with --watch")
 	asJSON := c.Bool("json", false, "print JSON")
@@ -55,7 +71,22 @@ line.`)
 	if *interval <= 0 {
 		return usageErrorf(c.name, "status: --interval must be positive, not %s", *interval)
 	}
+	switch {
+	case *maxLag < 0 || *maxLagEvents < 0:
+		return usageErrorf(c.name, "status: --max-lag and --max-lag-events must not be negative")
+	case *check && *watch:
+		return usageErrorf(c.name, "status: --check and --watch do not go together")
+	case !*check && (*maxLag != 0 || *maxLagEvents != 0):
+		return usageErrorf(c.name, "status: --max-lag and --max-lag-events go with --check")
+	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
+		if *check {
+			s, err := a.snapshot(ctx, db)
+			if err != nil {
+				return err
+			}
+			return a.checkStatus(s, admin.Bounds{MaxLag: *maxLag, MaxLagEvents: *maxLagEvents}, *asJSON)
+		}
 		if !*watch {
 			s, err := a.snapshot(ctx, db)
 			if err != nil {
@@ -71,6 +102,47 @@ line.`)
 		}
 		return a.watchStatus(ctx, db, *interval, *asJSON)
 	})
+}
+
+// checkFailed is the error of a status --check that found problems: exit code 4.
+type checkFailed struct{ problems int }
+
+func (e *checkFailed) Error() string {
+	return fmt.Sprintf("status --check: %s", plural(e.problems, "problem"))
+}
+
+// checkStatus prints what Snapshot.Check finds (one line per problem, or a line saying all is
+// well) and returns checkFailed when it finds anything.
+func (a *app) checkStatus(s snapshot, b admin.Bounds, asJSON bool) error {
+	problems := s.Check(b)
+	if asJSON {
+		out := struct {
+			OK       bool            `json:"ok"`
+			Problems []admin.Problem `json:"problems"`
+		}{OK: len(problems) == 0, Problems: problems}
+		if out.Problems == nil {
+			out.Problems = []admin.Problem{}
+		}
+		if err := writeJSON(a.stdout, out, true); err != nil {
+			return err
+		}
+	} else {
+		var buf bytes.Buffer
+		for _, p := range problems {
+			fmt.Fprintln(&buf, p)
+		}
+		if len(problems) == 0 {
+			fmt.Fprintf(&buf, "ok: %s of %s, %s\n", plural(len(s.Projections), "checkpoint"),
+				plural(len(s.Lifecycle), "projection"), plural(len(s.Nodes), "live runner"))
+		}
+		if _, err := a.stdout.Write(buf.Bytes()); err != nil {
+			return err
+		}
+	}
+	if len(problems) > 0 {
+		return &checkFailed{problems: len(problems)}
+	}
+	return nil
 }
 
 // watchStatus prints a snapshot every interval until ctx ends. An error after the first

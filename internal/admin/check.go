@@ -2,6 +2,7 @@ package admin
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/eventline/eventline/internal/lifecycle"
@@ -26,12 +27,13 @@ type Problem struct {
 	Reason string `json:"reason"`
 }
 
+// String is the problem on one line: "unit: reason", with the reason's whitespace collapsed.
 func (p Problem) String() string {
 	what := p.Projection
 	if p.Unit != "" {
 		what = p.Unit
 	}
-	return what + ": " + p.Reason
+	return what + ": " + strings.Join(strings.Fields(p.Reason), " ")
 }
 
 // Problem kinds.
@@ -45,14 +47,15 @@ const (
 // Check returns what is wrong in s, in the order of s.Lifecycle and s.Projections (nil when
 // nothing is): a unit stopped by a handler failure, a projection with dead letters, an active
 // unit that lags beyond b (not a paused or stopped one: its lag has a reason already given), and
-// a unit the projection runs (active, building or waiting) that no live process holds a lease on.
+// a unit the projection runs (active, building or waiting) that no live process holds a lease on
+// (unless paused: it has nothing to do).
 // Retired and standby layouts are not checked.
 func (s Snapshot) Check(b Bounds) []Problem {
 	var out []Problem
 	for _, p := range s.Lifecycle {
 		if p.DeadLetters > 0 {
 			out = append(out, Problem{Projection: p.Projection, Kind: ProblemDeadLetters,
-				Reason: fmt.Sprintf("%d dead letters (eventline dead-letters list)", p.DeadLetters)})
+				Reason: fmt.Sprintf("%d dead %s (eventline dead-letters list)", p.DeadLetters, plural(p.DeadLetters, "letter"))})
 		}
 	}
 	for _, u := range s.Projections {
@@ -67,9 +70,9 @@ func (s Snapshot) Check(b Bounds) []Problem {
 		if u.FailedPosition > 0 {
 			problem(ProblemStopped, "stopped at position %d: %s", u.FailedPosition, u.LastError)
 		}
-		if u.Owner == "" {
+		if u.Owner == "" && u.State != "paused" {
 			if u.LeaseOwner != "" {
-				problem(ProblemNoOwner, "no live owner (the lease of %s expired at %s)", u.LeaseOwner, u.LeaseUntil.Format(time.RFC3339))
+				problem(ProblemNoOwner, "no live owner (the lease of %s ran out)", u.LeaseOwner)
 			} else {
 				problem(ProblemNoOwner, "no live owner (no runner process holds a lease on it)")
 			}
@@ -84,4 +87,11 @@ func (s Snapshot) Check(b Bounds) []Problem {
 		}
 	}
 	return out
+}
+
+func plural(n int64, what string) string {
+	if n == 1 {
+		return what
+	}
+	return what + "s"
 }

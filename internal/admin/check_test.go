@@ -14,7 +14,7 @@ func TestCheck(t *testing.T) {
 			LeaseOwner: owner, Position: 100 - lag, Head: 100, Lag: lag, LagSeconds: lagSeconds}
 	}
 	stopped := unit("totals", "active", "stopped", "node-a", 4, 40)
-	stopped.FailedPosition, stopped.LastError = 97, "boom"
+	stopped.FailedPosition, stopped.LastError = 97, "boom:\n\tat x.go:1"
 	expired := unit("search", "active", "running", "", 0, 0)
 	expired.LeaseOwner, expired.LeaseUntil = "node-gone", &lease
 	s := Snapshot{
@@ -37,9 +37,9 @@ func TestCheck(t *testing.T) {
 	require.Equal(t, []string{
 		"dead_letters orders: 2 dead letters (eventline dead-letters list)",
 		"lag orders: lags 60.0s behind (bound 30s): at 94, head 100",
-		"no_owner search: no live owner (the lease of node-gone expired at 2026-01-02T03:04:05Z)",
+		"no_owner search: no live owner (the lease of node-gone ran out)",
 		"no_owner search: no live owner (no runner process holds a lease on it)",
-		"stopped totals: stopped at position 97: boom",
+		"stopped totals: stopped at position 97: boom: at x.go:1",
 	}, got)
 
 	// In events: the bound in positions; without bounds, lag is not checked.
