@@ -56,6 +56,9 @@ type app struct {
 	now func() time.Time
 	// idleWait bounds how long pause waits for the batches in flight.
 	idleWait time.Duration
+	// uiListening, when set, is called with the console's address once 'eventline ui' listens
+	// (tests).
+	uiListening func(url string)
 
 	g globals
 }
@@ -178,6 +181,7 @@ Commands:
                                              list parked events
   dead-letters retry ID                      run the handler on a parked event again
   dead-letters discard ID                    delete a parked event
+  ui [--listen ADDR] [--allow-actions]       serve the web console (127.0.0.1:7070 by default)
   help [COMMAND]                             show a command's help
 
 Run 'eventline COMMAND --help' for a command's flags.
@@ -238,6 +242,8 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		return a.cmdReset(ctx, rest)
 	case "dead-letters":
 		return a.cmdDeadLetters(ctx, rest)
+	case "ui":
+		return a.cmdUI(ctx, rest)
 	case "help":
 		return a.cmdHelp(ctx, rest)
 	}
@@ -362,6 +368,11 @@ func (a *app) tables() (*dbConn, error) {
 
 // connect opens a small pool on the database and checks that it answers. The caller closes it.
 func (a *app) connect(ctx context.Context, cmd string) (*pgxpool.Pool, error) {
+	return a.connectN(ctx, cmd, 2)
+}
+
+// connectN is connect with a pool of maxConns connections.
+func (a *app) connectN(ctx context.Context, cmd string, maxConns int32) (*pgxpool.Pool, error) {
 	url, err := a.databaseURL(cmd)
 	if err != nil {
 		return nil, err
@@ -376,7 +387,7 @@ func (a *app) connect(ctx context.Context, cmd string) (*pgxpool.Pool, error) {
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "eventline"
 	}
-	cfg.MaxConns = 2
+	cfg.MaxConns = maxConns
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
