@@ -64,7 +64,7 @@ type Config struct {
 	// Pool is the database the console reads and acts on. Required.
 	Pool *pgxpool.Pool
 	// EventsTable, CheckpointsTable, DeadLettersTable, NodesTable and ProjectionsTable name the
-	// tables. Default to the migrations' defaults ("eventline_events", ...).
+	// tables. Default to the migrations' defaults ("events", "eventline_checkpoints", ...).
 	EventsTable      string
 	CheckpointsTable string
 	DeadLettersTable string

@@ -1,6 +1,6 @@
 // Command eventline is the operator CLI of eventline: it migrates the schema, shows what every
-// projection is doing, and asks the runner processes to pause, resume or rebuild projections and
-// to retry or discard parked events. It talks to PostgreSQL only: pause, resume and rebuild are
+// projection is doing, asks the runner processes to pause, resume or rebuild projections and
+// to retry or discard parked events, and serves the same as a web console (ui). It talks to PostgreSQL only: pause, resume and rebuild are
 // transitions of the projection's lifecycle record (one row per projection in the projections
 // table), taken in one transaction under the record's lock; the runners follow the record.
 //
@@ -21,6 +21,8 @@
 //	dead-letters list [--projection NAME] [--json]
 //	dead-letters retry ID                     run the handler on a parked event again
 //	dead-letters discard ID                   delete a parked event
+//	ui [--listen ADDR] [--allow-actions] [--token TOKEN] [--poll-interval 2s]
+//	                                          serve the web console
 //	help [COMMAND]                            show help
 //
 // Every command takes --help, which prints its usage to stdout and exits 0.
@@ -163,6 +165,23 @@
 // "retry_requested", "created_at"). retry asks the runner that owns the event's aggregate to run
 // the handler on it again, then on the events parked behind it (it deletes the dead letter when
 // that works); discard deletes it. An unknown ID prints "dead letter N not found" (exit code 3).
+//
+// # Web console
+//
+// ui serves the web console of package console until interrupted (Ctrl-C exits 0): the status
+// above (with a chart of each checkpoint's lag in events and seconds over the last 5 minutes,
+// drawn from what the page polled), the lifecycle records, the dead letters and the live runner
+// processes. It listens on 127.0.0.1:7070 unless --listen says otherwise, and prints its
+// address.
+//
+// It is read-only unless started with --allow-actions; then the page can pause, resume and
+// rebuild projections and retry and discard dead letters, through the same code as the commands
+// above (same refusals). Every action is a POST carrying the token in the X-Eventline-Token
+// header: --token, else $EVENTLINE_UI_TOKEN. On a loopback address, --allow-actions without a
+// token makes one up and prints it in the address, after "#token=" (browsers do not send the
+// fragment); on any other address, a token is required (exit 2 without one). On a loopback
+// address the console answers only requests addressed to localhost or a loopback IP (421
+// otherwise), which defeats DNS rebinding. Every action is logged to stderr with its outcome.
 //
 // # Exit codes
 //

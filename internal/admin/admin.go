@@ -29,7 +29,7 @@ const IdleWaitDefault = 10 * time.Second
 
 // Config names the tables; empty names take the migrations defaults.
 type Config struct {
-	// EventsTable defaults to "eventline_events".
+	// EventsTable defaults to "events".
 	EventsTable string
 	// CheckpointsTable defaults to "eventline_checkpoints".
 	CheckpointsTable string
