@@ -21,6 +21,10 @@ import (
 // is found (CI sets it: .ci/run installs Chromium).
 const EnvRequireBrowser = "EVENTLINE_REQUIRE_BROWSER"
 
+// EnvScreenshot, when set, names a PNG file the browser test saves the page to before it ends
+// (to look at the page, or at why the test failed).
+const EnvScreenshot = "EVENTLINE_CONSOLE_SCREENSHOT"
+
 // EnvChromium names a Chromium (or Chrome) binary to use instead of looking one up in PATH.
 const EnvChromium = "EVENTLINE_CHROMIUM"
 
@@ -53,6 +57,7 @@ func browser(t *testing.T) context.Context {
 		chromedp.DisableGPU,
 		chromedp.Flag("disable-dev-shm-usage", true),
 	)
+	opts = append(opts, chromedp.WindowSize(1400, 900))
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelTab := chromedp.NewContext(allocCtx, chromedp.WithErrorf(t.Logf))
 	t.Cleanup(func() {
@@ -122,6 +127,21 @@ func (p *page) waitText(what, sel string, ok func(string) bool) string {
 	}
 }
 
+// screenshot saves the whole page to path as a PNG.
+func (p *page) screenshot(path string) {
+	ctx, cancel := context.WithTimeout(p.ctx, waitTimeout)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err == nil {
+		err = os.WriteFile(path, png, 0o644)
+	}
+	if err != nil {
+		p.t.Errorf("screenshot to %s: %v", path, err)
+		return
+	}
+	p.t.Logf("saved a screenshot of the page to %s", path)
+}
+
 func equals(want string) func(string) bool { return func(s string) bool { return s == want } }
 
 // The console in a real browser, against a running runner: the lag of a held projection shows,
@@ -132,6 +152,9 @@ func TestBrowser(t *testing.T) {
 	f := newFixture(t)
 	srv := f.serve(console.Config{AllowActions: true, Token: testToken, PollInterval: 200 * time.Millisecond, History: time.Minute})
 	p := &page{t: t, ctx: ctx}
+	if path := os.Getenv(EnvScreenshot); path != "" {
+		t.Cleanup(func() { p.screenshot(path) })
+	}
 
 	const unit = `tr[data-unit="counter@1#0"]`
 	p.do("load the console", chromedp.Navigate(srv.URL+"/#token="+testToken))

@@ -25,7 +25,7 @@
 // Endpoints, relative to where the handler is mounted:
 //
 //	GET  /                                   the page (and its assets under /assets/)
-//	GET  /api/status                         {"console": {...}, "status": admin snapshot, "dead_letters": [...]}
+//	GET  /api/status                         {"console": {...}, "status": {...}, "problems": [...], "dead_letters": [...]}
 //	POST /api/projections/{name}/{action}    action: pause, resume or rebuild
 //	POST /api/dead-letters/{id}/{action}     action: retry or discard
 //
@@ -178,8 +178,10 @@ type consoleInfo struct {
 }
 
 type statusResponse struct {
-	Console     consoleInfo        `json:"console"`
-	Status      admin.Snapshot     `json:"status"`
+	Console consoleInfo    `json:"console"`
+	Status  admin.Snapshot `json:"status"`
+	// Problems is what 'eventline status --check' would report, without a lag bound.
+	Problems    []admin.Problem    `json:"problems"`
 	DeadLetters []admin.DeadLetter `json:"dead_letters"`
 }
 
@@ -195,12 +197,16 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "read dead letters: "+err.Error())
 		return
 	}
+	problems := s.Check(admin.Bounds{})
+	if problems == nil {
+		problems = []admin.Problem{}
+	}
 	writeJSON(w, http.StatusOK, statusResponse{
 		Console: consoleInfo{
 			Actions: h.cfg.AllowActions, PollIntervalMS: h.cfg.PollInterval.Milliseconds(),
 			HistorySeconds: int64(h.cfg.History.Seconds()),
 		},
-		Status: s, DeadLetters: dls,
+		Status: s, Problems: problems, DeadLetters: dls,
 	})
 }
 

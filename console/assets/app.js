@@ -41,6 +41,8 @@
   };
   const dash = (s) => (s === '' || s === null || s === undefined ? '-' : s);
   const ago = (seconds) => seconds < 60 ? `${seconds.toFixed(1)}s ago` : `${Math.round(seconds / 60)}m ago`;
+  const waiting = (w) => `position ${w.position}` +
+    (w.appender_pid || w.transaction ? `: appender pid ${w.appender_pid} (transaction ${w.transaction}) open for ${w.age_seconds.toFixed(1)}s` : '');
   const unitKey = (p) => `${p.projection}@${p.version}#${p.partition}`;
 
   function setMessage(kind, text) {
@@ -78,11 +80,12 @@
   }
 
   // chart draws a unit's lag in events (solid) and in seconds (dashed), each on its own scale,
-  // over the history window ending now.
+  // over the samples kept, ending now.
   function chart(key, now) {
     const W = 160, H = 30, pad = 2;
     const list = samples.get(key) || [];
-    const span = info.history_seconds * 1000;
+    // The window is the history kept, up to History: the chart fills the box from the start.
+    const span = Math.max(2 * info.poll_interval_ms, Math.min(info.history_seconds * 1000, list.length ? now - list[0].t : 0));
     const svg = svgEl('svg', { class: 'chart', width: W, height: H, viewBox: `0 0 ${W} ${H}`, 'data-samples': list.length });
     svg.append(svgEl('line', { class: 'axis', x1: 0, y1: H - pad, x2: W, y2: H - pad }));
     const maxLag = Math.max(1, ...list.map((s) => s.lag));
@@ -94,7 +97,7 @@
       svg.append(svgEl('polyline', { class: 'events', points: list.map((s) => `${x(s.t)},${y(s.lag, maxLag)}`).join(' ') }));
     }
     const title = svgEl('title', {});
-    title.textContent = `last ${Math.round(span / 60000)} min: up to ${Math.max(0, ...list.map((s) => s.lag))} events, ` +
+    title.textContent = `last ${span < 120000 ? Math.round(span / 1000) + 's' : Math.round(span / 60000) + ' min'}: up to ${Math.max(0, ...list.map((s) => s.lag))} events, ` +
       `${Math.max(0, ...list.map((s) => s.lagS)).toFixed(1)}s behind`;
     svg.append(title);
     return svg;
@@ -126,10 +129,16 @@
         el('td', { class: 'num lag' }, p.lag),
         el('td', { class: 'num lag-seconds' }, p.lag_seconds.toFixed(1)),
         el('td', { class: 'chart' }, chart(unitKey(p), now)),
+        el('td', { class: 'num rate' }, p.events_per_second ? p.events_per_second.toFixed(0) : '-'),
         el('td', { class: 'role' }, p.role),
-        el('td', { class: 'state' }, el('span', { class: 'state ' + p.state }, p.state)),
-        el('td', { class: 'error' }, dash(lastErr)));
-    }), 12, 'no projections (no checkpoints yet)');
+        el('td', { class: 'state' }, el('span', { class: 'state ' + p.state }, p.state),
+          p.waiting_on ? el('div', { class: 'waiting' }, 'waiting on ' + waiting(p.waiting_on)) : ''),
+        el('td', { class: 'error' }, dash(lastErr || (p.owner_error ? 'retrying after: ' + p.owner_error : ''))));
+    }), 13, 'no projections (no checkpoints yet)');
+
+    const problems = $('#problems');
+    problems.hidden = !body.problems.length;
+    problems.replaceChildren(...body.problems.map((pr) => el('li', { 'data-kind': pr.kind }, `${pr.unit || pr.projection}: ${pr.reason}`)));
 
     replaceRows($('#projections tbody'), s.lifecycle.map((l) => {
       const name = l.projection, path = (a) => `api/projections/${encodeURIComponent(name)}/${a}`;
@@ -146,6 +155,7 @@
         el('td', {}, change),
         el('td', { class: 'paused' }, l.paused ? 'paused' : 'no'),
         el('td', {}, `${l.rebuilds}` + (l.rebuild_pending ? ' (one pending)' : '')),
+        el('td', { class: 'num' }, l.dead_letters || '-'),
         el('td', {}, l.detached ? 'detached' : l.resettable ? 'resettable' : 'no Reset'),
         el('td', { class: 'error' }, dash(l.last_error)),
         el('td', { class: 'actions' },
@@ -153,7 +163,7 @@
           l.paused || stopped ? actionButton('Resume', 'resume', { 'data-projection': name }, path('resume')) : '',
           actionButton('Rebuild', 'rebuild', { 'data-projection': name }, path('rebuild'),
             `Rebuild ${name}? Its read model is emptied and every event is applied again.`, rebuildWhy)));
-    }), 8, 'no projections');
+    }), 9, 'no projections');
 
     replaceRows($('#dead-letters tbody'), body.dead_letters.map((d) => {
       const path = (a) => `api/dead-letters/${d.id}/${a}`;
@@ -180,7 +190,10 @@
       el('td', { class: 'num' }, n.pid),
       el('td', {}, ago(n.heartbeat_age_seconds)),
       el('td', { title: n.started_at }, new Date(n.started_at).toLocaleString()),
-      el('td', {}, dash(n.projections.join(', '))))), 6, 'no live runner processes');
+      el('td', { class: 'num' }, n.horizon || '-'),
+      el('td', { class: 'num' }, n.owned),
+      el('td', { class: 'num' }, n.events_per_second ? n.events_per_second.toFixed(0) : '-'),
+      el('td', {}, dash(n.projections.join(', '))))), 9, 'no live runner processes');
   }
 
   function setupHeader() {
