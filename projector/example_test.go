@@ -39,9 +39,9 @@ func ExampleOn() {
 // same partition (pinned here: changing the hash would move existing aggregates), and an
 // unpartitioned projection has only partition 0.
 func ExamplePartitionOf() {
-	for _, id := range []string{"account-1", "account-2", "account-3", "account-4"} {
+	for _, id := range []string{"order-1", "order-2", "order-4", "order-6"} {
 		fmt.Print(projector.PartitionOf(id, 4), " ")
 	}
-	fmt.Println(projector.PartitionOf("account-1", 1))
-	// Output: 2 3 0 1 0
+	fmt.Println(projector.PartitionOf("order-1", 1))
+	// Output: 3 0 2 1 0
 }

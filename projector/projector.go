@@ -10,7 +10,6 @@ package projector
 
 import (
 	"context"
-	"hash/fnv"
 
 	"github.com/jackc/pgx/v5"
 
@@ -94,16 +93,6 @@ type Versioned interface {
 // tables). The read model is complete at that moment.
 type Activator interface {
 	Activate(ctx context.Context, tx pgx.Tx) error
-}
-
-// PartitionOf is the partition (0 to n-1) of an aggregate ID: FNV-1a (32 bit) modulo n.
-func PartitionOf(aggregateID string, n int) int {
-	if n <= 1 {
-		return 0
-	}
-	h := fnv.New32a()
-	h.Write([]byte(aggregateID))
-	return int(h.Sum32() % uint32(n))
 }
 
 // FilterSpec is a ready-made Filter to embed in a projection.

@@ -35,6 +35,7 @@ type Store struct {
 	appendCache                                     sync.Map // appendKey -> string
 	headSQL                                         string
 	readSQL, rangeSQL, streamSQL, latestSQL         string
+	partitionSQL                                    string
 }
 
 var (
@@ -150,6 +151,11 @@ SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_vers
 	s.rangeSQL = `SELECT ` + eventColumns + ` FROM ` + ev + ` WHERE global_position > $1 AND global_position <= $2
 	  AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
 	  AND ($4::text[] IS NULL OR event_type = ANY($4))
+	ORDER BY global_position LIMIT $5`
+	s.partitionSQL = `SELECT ` + eventColumns + ` FROM ` + ev + ` WHERE global_position > $1 AND global_position <= $2
+	  AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
+	  AND ($4::text[] IS NULL OR event_type = ANY($4))
+	  AND ` + sqlname.PartitionFunc(s.events) + `(aggregate_id, $6) = $7
 	ORDER BY global_position LIMIT $5`
 	s.streamSQL = `SELECT ` + eventColumns + ` FROM ` + ev + `
 	WHERE aggregate_type = $1 AND aggregate_id = $2
@@ -378,6 +384,27 @@ func (s *Store) ReadEventsBetween(ctx context.Context, tx eventstore.DBTX, fromP
 	out, err := scanEvents(rows, max(0, limit))
 	if err != nil {
 		return nil, fmt.Errorf("read events (%d, %d]: %w", fromPosition, toPosition, err)
+	}
+	return out, nil
+}
+
+// ReadPartitionBetween is ReadEventsBetween for the events of one partition: those whose
+// aggregate ID has projector.PartitionOf(aggregateID, partitions) == partition, selected in SQL by
+// the function of migration 0006 (docs/design.md, "Partitions in SQL"), so that only they are
+// sent.
+func (s *Store) ReadPartitionBetween(ctx context.Context, tx eventstore.DBTX, fromPosition, toPosition int64, limit int,
+	aggregateTypes, eventTypes []string, partitions, partition int) ([]eventstore.PersistedEvent, error) {
+	var lim any
+	if limit > 0 {
+		lim = limit
+	}
+	rows, err := tx.Query(ctx, s.partitionSQL, fromPosition, toPosition, aggregateTypes, eventTypes, lim, partitions, partition)
+	if err != nil {
+		return nil, fmt.Errorf("read partition %d/%d (%d, %d]: %w", partition, partitions, fromPosition, toPosition, err)
+	}
+	out, err := scanEvents(rows, max(0, limit))
+	if err != nil {
+		return nil, fmt.Errorf("read partition %d/%d (%d, %d]: %w", partition, partitions, fromPosition, toPosition, err)
 	}
 	return out, nil
 }

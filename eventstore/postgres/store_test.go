@@ -17,6 +17,7 @@ import (
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/internal/sqlname"
+	"github.com/eventline/eventline/projector"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -536,4 +537,42 @@ func TestReadEventsBetween(t *testing.T) {
 	got, err = store.ReadEventsBetween(ctx, db.Pool, 0, all[7], 0, []string{"account"}, []string{"Happened"})
 	require.NoError(t, err)
 	require.Equal(t, []int64{all[2], all[6]}, positions(got), "filters in SQL")
+}
+
+// TestReadPartitionBetween: the P partitions' reads together return every event once, each to
+// the partition projector.PartitionOf gives its aggregate, with the type filters and limit.
+func TestReadPartitionBetween(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	store := postgres.NewStore(nil)
+	for i := 0; i < 40; i++ {
+		evs := newEvents([]string{"order", "account"}[i%2], fmt.Sprintf("agg-%d-é", i), 1+i%3)
+		_, err := store.Append(ctx, db.Pool, eventstore.NoStream(), evs)
+		require.NoError(t, err)
+	}
+	all, err := store.ReadEventsBetween(ctx, db.Pool, 0, 1<<62, 0, nil, nil)
+	require.NoError(t, err)
+	const parts = 4
+	seen := map[int64]bool{}
+	for p := 0; p < parts; p++ {
+		got, err := store.ReadPartitionBetween(ctx, db.Pool, 0, all[len(all)-1].GlobalPosition, 0, nil, nil, parts, p)
+		require.NoError(t, err)
+		require.NotEmpty(t, got)
+		for i, ev := range got {
+			require.Equal(t, p, projector.PartitionOf(ev.AggregateID, parts), "%s in partition %d", ev.AggregateID, p)
+			require.False(t, seen[ev.GlobalPosition])
+			seen[ev.GlobalPosition] = true
+			if i > 0 {
+				require.Less(t, got[i-1].GlobalPosition, ev.GlobalPosition, "position order")
+			}
+		}
+		limited, err := store.ReadPartitionBetween(ctx, db.Pool, 0, all[len(all)-1].GlobalPosition, 2, []string{"account"}, nil, parts, p)
+		require.NoError(t, err)
+		require.LessOrEqual(t, len(limited), 2)
+		for _, ev := range limited {
+			require.Equal(t, "account", ev.AggregateType)
+		}
+	}
+	require.Len(t, seen, len(all), "every event in exactly one partition")
 }
