@@ -8,7 +8,6 @@ import (
 
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
-	"github.com/eventline/eventline/internal/filter"
 )
 
 // page is what a projection at position from may apply: every event in (from, safe], in order.
@@ -36,8 +35,11 @@ type pageReader struct {
 	mu       sync.Mutex
 	inflight map[int64]*pageCall
 	cache    map[int64]*page
-	bg       context.Context // prefetches run under it; nil before start
-	wg       sync.WaitGroup
+	filtered map[filteredKey]*pageCall // filtered pages read or being read (filtered.go)
+	// partitionSQL: the database selects partitions as projector.PartitionOf does (filtered.go).
+	partitionSQL bool
+	bg           context.Context // prefetches run under it; nil before start
+	wg           sync.WaitGroup
 }
 
 type pageCall struct {
@@ -54,6 +56,7 @@ func newPageReader(pool *pgxpool.Pool, store *postgres.Store, limit, max int) *p
 		max:      max,
 		inflight: map[int64]*pageCall{},
 		cache:    map[int64]*page{},
+		filtered: map[filteredKey]*pageCall{},
 	}
 }
 
@@ -187,22 +190,4 @@ func cut(evs []eventstore.PersistedEvent, from, h int64, limit int, gen uint64) 
 	p.events = evs[:n:n]
 	p.final = !p.held && len(evs) == limit
 	return p
-}
-
-// readFiltered reads, for one projection alone, the events in (from, h] that its filter lets
-// through. Everything up to h is settled, so the projection may move to h when the page is not
-// full, even past events the filter skipped.
-func (r *pageReader) readFiltered(ctx context.Context, from, h int64, m filter.Matcher) (*page, error) {
-	evs, err := r.store.ReadEventsBetween(ctx, r.pool, from, h, r.limit, m.AggregateTypes(), m.EventTypes())
-	if err != nil {
-		return nil, err
-	}
-	if r.onRead != nil {
-		r.onRead(from, len(evs))
-	}
-	p := &page{from: from, safe: h, events: evs, horizon: h}
-	if len(evs) == r.limit {
-		p.safe = evs[len(evs)-1].GlobalPosition
-	}
-	return p, nil
 }

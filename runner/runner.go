@@ -410,6 +410,20 @@ func (r *Runner) start(ctx context.Context, regs []*registration) (*horizon.Trac
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
 	}
+	inSQL, why, err := partitionsInSQL(ctx, r.pool, r.events)
+	if err != nil {
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	if !inSQL {
+		log := r.log.Info
+		for _, g := range regs {
+			if g.code.Partitions > 1 {
+				log = r.log.Warn
+			}
+		}
+		log("partitions are filtered in memory: every partition's owner reads every event", zap.String("reason", why))
+	}
+	r.pages.partitionSQL = inSQL
 	connCfg := r.pool.Config().ConnConfig.Copy()
 	tracker := horizon.New(r.events, seq, 0, func(ctx context.Context) (*pgx.Conn, error) {
 		return pgx.ConnectConfig(ctx, connCfg)

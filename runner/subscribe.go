@@ -158,6 +158,7 @@ func (r *Runner) subscribe(ctx context.Context, from StartPosition, o subscribeO
 		o.started(pos)
 	}
 	match := filter.Compile(o.filter)
+	sel := newSelection(match, 1, 0)
 	backoff := r.cfg.RetryMin
 	var heldAt int64
 	for {
@@ -172,7 +173,7 @@ func (r *Runner) subscribe(ctx context.Context, from StartPosition, o subscribeO
 		h := tracker.Horizon()
 		var p *page
 		if !match.All() && h > pos {
-			p, err = r.pages.readFiltered(ctx, pos, h, match)
+			p, err = r.pages.getFiltered(ctx, pos, h, sel)
 		} else {
 			p, err = r.pages.get(ctx, pos, h, gen)
 		}

@@ -35,6 +35,7 @@ type worker struct {
 	loadedAt    time.Time
 	parked      map[aggregate]int64 // sequenced dead letters: aggregate -> position of its first parked event
 	retrying    retryState          // the event being retried after a transient handler error
+	sel         selection           // what it reads behind the horizon, in SQL (filtered.go)
 
 	mu        sync.Mutex         // guards the fields below, read by Status and the coordinator
 	stop      context.CancelFunc // stops the running worker after its batch in flight
@@ -158,6 +159,7 @@ func (w *worker) load(ctx context.Context) error {
 	if w.retrying.pos <= cp.Position {
 		w.retrying = retryState{} // applied, skipped or parked meanwhile
 	}
+	w.sel = w.selection()
 	w.loadedAt = time.Now()
 	if w.lastPersist.IsZero() {
 		w.lastPersist = w.loadedAt
@@ -194,8 +196,9 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 	}
 	h := r.tracker.Horizon()
 	var p *page
-	if !w.g.match.All() && h > w.pos {
-		p, err = r.pages.readFiltered(ctx, w.pos, h, w.g.match)
+	if !w.sel.all() && h > w.pos {
+		// Behind the horizon: only the events of its filter and partition are read.
+		p, err = r.pages.getFiltered(ctx, w.pos, h, w.sel)
 	} else {
 		p, err = r.pages.get(ctx, w.pos, h, gen)
 	}
@@ -241,6 +244,15 @@ func (w *worker) filterEvents(evs []eventstore.PersistedEvent) []eventstore.Pers
 		}
 	}
 	return out
+}
+
+// selection is what the unit reads behind the horizon: its projection's filter, and its partition
+// when the database selects partitions as projector.PartitionOf does.
+func (w *worker) selection() selection {
+	if !w.g.r.pages.partitionSQL {
+		return newSelection(w.g.match, 1, 0)
+	}
+	return newSelection(w.g.match, w.layout.Partitions, w.key.Partition)
 }
 
 // mine reports whether an aggregate belongs to this unit's partition.

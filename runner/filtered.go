@@ -1,0 +1,213 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/filter"
+	"github.com/eventline/eventline/internal/sqlname"
+	"github.com/eventline/eventline/projector"
+)
+
+// This file reads behind the horizon with the selection in SQL (docs/design.md, "Filters and
+// partitions in SQL"): a projection's filter and a unit's partition, so that each partition's
+// owner is sent its own events only. Above the horizon a filtered read could not tell a hole from
+// an event it filtered out, so units read the shared pages there and filter in memory.
+
+// selection is what a unit (or subscription) reads behind the horizon: the events its filter lets
+// through, of one partition.
+type selection struct {
+	match       filter.Matcher
+	parts, part int    // parts <= 1: every partition
+	key         string // identifies the selection, to share its reads
+}
+
+func newSelection(m filter.Matcher, parts, part int) selection {
+	if parts <= 1 {
+		parts, part = 1, 0
+	}
+	return selection{match: m, parts: parts, part: part,
+		key: fmt.Sprintf("%d/%d|%s|%s", part, parts, strings.Join(m.AggregateTypes(), ","), strings.Join(m.EventTypes(), ","))}
+}
+
+// all reports whether the selection is every event.
+func (s selection) all() bool { return s.match.All() && s.parts <= 1 }
+
+// filteredKey keys a filtered page: its start and its selection.
+type filteredKey struct {
+	from int64
+	sel  string
+}
+
+// getFiltered returns the events in (from, h] that sel selects, read with the selection in SQL:
+// the first BatchSize of them, the page then safe up to the last one, or all of them, the page
+// then safe up to h. Every position up to h is settled, so a page read under any horizon is
+// correct to apply later; one that is not full is reused only under a horizon at least as high.
+// Units with the same selection at the same position share the read. After a full page it reads
+// the next one in the background.
+func (r *pageReader) getFiltered(ctx context.Context, from, h int64, sel selection) (*page, error) {
+	p, err := r.loadFiltered(ctx, from, h, sel)
+	if err == nil && len(p.events) == r.limit && p.safe < h {
+		r.prefetchFiltered(p.safe, h, sel)
+	}
+	return p, err
+}
+
+func (r *pageReader) loadFiltered(ctx context.Context, from, h int64, sel selection) (*page, error) {
+	k := filteredKey{from, sel.key}
+	r.mu.Lock()
+	r.dropFilteredBefore(k)
+	if c, ok := r.filtered[k]; ok {
+		r.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if c.err == nil && (len(c.p.events) == r.limit || c.p.horizon >= h) {
+			return c.p, nil
+		}
+		r.mu.Lock()
+		if r.filtered[k] == c {
+			delete(r.filtered, k)
+		}
+		r.mu.Unlock()
+		return r.loadFiltered(ctx, from, h, sel)
+	}
+	c := &pageCall{done: make(chan struct{})}
+	r.filtered[k] = c
+	r.evictFiltered()
+	r.mu.Unlock()
+
+	c.p, c.err = r.readFiltered(ctx, from, h, sel)
+	if c.err != nil {
+		r.mu.Lock()
+		if r.filtered[k] == c {
+			delete(r.filtered, k)
+		}
+		r.mu.Unlock()
+	}
+	close(c.done)
+	return c.p, c.err
+}
+
+// dropFilteredBefore forgets the pages of k's selection before k's position: the unit asking for
+// k has moved past them. Called with mu held.
+func (r *pageReader) dropFilteredBefore(k filteredKey) {
+	for o, c := range r.filtered {
+		if o.sel == k.sel && o.from < k.from && isDone(c) {
+			delete(r.filtered, o)
+		}
+	}
+}
+
+// evictFiltered keeps at most max filtered pages, dropping the one furthest behind first. Called
+// with mu held.
+func (r *pageReader) evictFiltered() {
+	for len(r.filtered) > r.max {
+		var oldest *filteredKey
+		for k, c := range r.filtered {
+			if isDone(c) && (oldest == nil || k.from < oldest.from) {
+				oldest = &k
+			}
+		}
+		if oldest == nil {
+			return // all in flight
+		}
+		delete(r.filtered, *oldest)
+	}
+}
+
+func isDone(c *pageCall) bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// prefetchFiltered reads the filtered page at from in the background unless it is read already;
+// see prefetch.
+func (r *pageReader) prefetchFiltered(from, h int64, sel selection) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bg == nil || r.bg.Err() != nil {
+		return
+	}
+	if _, ok := r.filtered[filteredKey{from, sel.key}]; ok {
+		return
+	}
+	bg := r.bg
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		_, _ = r.loadFiltered(bg, from, h, sel) // an error is met again by the unit that needs the page
+	}()
+}
+
+// readFiltered reads the events in (from, h] that sel selects, with the selection in SQL.
+func (r *pageReader) readFiltered(ctx context.Context, from, h int64, sel selection) (*page, error) {
+	m := sel.match
+	var evs []eventstore.PersistedEvent
+	var err error
+	if sel.parts > 1 {
+		evs, err = r.store.ReadPartitionBetween(ctx, r.pool, from, h, r.limit, m.AggregateTypes(), m.EventTypes(), sel.parts, sel.part)
+	} else {
+		evs, err = r.store.ReadEventsBetween(ctx, r.pool, from, h, r.limit, m.AggregateTypes(), m.EventTypes())
+	}
+	if err != nil {
+		return nil, err
+	}
+	if r.onRead != nil {
+		r.onRead(from, len(evs))
+	}
+	p := &page{from: from, safe: h, events: evs, horizon: h}
+	if len(evs) == r.limit {
+		p.safe = evs[len(evs)-1].GlobalPosition
+	}
+	return p, nil
+}
+
+// partitionProbe holds the aggregate IDs on which the runner checks, at start, that the database
+// computes projector.PartitionOf as Go does: ASCII and 2- to 4-byte UTF-8, several tail lengths
+// of the hash.
+var partitionProbe = []string{"", "a", "abc", "order-1", "account-42", "0123456789ab", "0123456789abc",
+	"çé", "日本語", "🎉🎉", "ünïcödé-aggrégate-日本-🎉-Ω", "3f2b8c4e-7d1a-4e5b-9c6d-0a1b2c3d4e5f"}
+
+// partitionsInSQL reports whether the database selects partitions as projector.PartitionOf does:
+// its encoding is UTF8 (Go hashes UTF-8 bytes), the function of migration 0006 exists, and it
+// agrees with Go on partitionProbe. When it does not, why says so and partitions are filtered in
+// memory. err is any other failure.
+func partitionsInSQL(ctx context.Context, pool *pgxpool.Pool, events sqlname.Name) (ok bool, why string, err error) {
+	var enc string
+	if err := pool.QueryRow(ctx, `SELECT current_setting('server_encoding')`).Scan(&enc); err != nil {
+		return false, "", fmt.Errorf("read server encoding: %w", err)
+	}
+	if enc != "UTF8" {
+		return false, fmt.Sprintf("the database encoding is %s, not UTF8", enc), nil
+	}
+	const n = 1<<31 - 1 // a large modulus: the SQL hash must match Go's in (almost) every bit
+	var got []int32
+	err = pool.QueryRow(ctx, `SELECT array_agg(`+sqlname.PartitionFunc(events)+`(id, $2) ORDER BY ord)
+		FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)`, partitionProbe, n).Scan(&got)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42883" { // undefined_function
+		return false, "the function " + sqlname.PartitionFunc(events) + " is missing (apply migration 0006)", nil
+	}
+	if err != nil {
+		return false, "", fmt.Errorf("check %s: %w", sqlname.PartitionFunc(events), err)
+	}
+	for i, id := range partitionProbe {
+		if want := projector.PartitionOf(id, n); int(got[i]) != want {
+			return false, fmt.Sprintf("%s(%q, %d) is %d, projector.PartitionOf gives %d", sqlname.PartitionFunc(events), id, n, got[i], want), nil
+		}
+	}
+	return true, "", nil
+}
