@@ -137,7 +137,7 @@ func Files(cfg Config) ([]Migration, error) {
 		"AppendFunc":        appendFunc(n.events),
 		"UUIDv7Func":        n.events.Sibling("eventline_uuid_v7"),
 		"PositionLockClass": strconv.FormatInt(int64(sqlname.PositionLockClass(n.events)), 10),
-		// Migration 0006: projector.PartitionOf in SQL.
+		// Migration 0007: projector.PartitionOf in SQL.
 		"PartitionFunc": sqlname.PartitionFunc(n.events),
 	}
 	entries, err := fs.ReadDir(sqlFiles, "sql")

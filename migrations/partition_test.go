@@ -40,7 +40,7 @@ func partitionIDs() []string {
 	return ids
 }
 
-// TestPartitionFunctionMatchesGo: the SQL function of migration 0006 gives every ID the partition
+// TestPartitionFunctionMatchesGo: the SQL function of migration 0007 gives every ID the partition
 // projector.PartitionOf gives it, for several partition counts, and spreads IDs evenly.
 func TestPartitionFunctionMatchesGo(t *testing.T) {
 	t.Parallel()

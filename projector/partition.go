@@ -9,10 +9,10 @@ import (
 // hash is the 32-bit hash PostgreSQL computes for text, hashtext (the low 32 bits of
 // hashtextextended(id, 0)), over the ID's UTF-8 bytes. The runner asks the database for one
 // partition's events with the same computation in SQL, eventline_partition_of(aggregate_id, n)
-// (migration 0006), so that each partition's owner reads only its own events.
+// (migration 0007), so that each partition's owner reads only its own events.
 //
-// Before version 0.2 it was FNV-1a instead: the partition of most aggregates changed (see
-// docs/design.md, "Partitions in SQL", for moving a partitioned projection across).
+// Earlier versions hashed with FNV-1a: the partition of most aggregates changed (docs/design.md,
+// "Partitions in SQL", says how to move a partitioned projection across that upgrade).
 func PartitionOf(aggregateID string, n int) int {
 	if n <= 1 {
 		return 0

@@ -182,7 +182,7 @@ var partitionProbe = []string{"", "a", "abc", "order-1", "account-42", "01234567
 	"çé", "日本語", "🎉🎉", "ünïcödé-aggrégate-日本-🎉-Ω", "3f2b8c4e-7d1a-4e5b-9c6d-0a1b2c3d4e5f"}
 
 // partitionsInSQL reports whether the database selects partitions as projector.PartitionOf does:
-// its encoding is UTF8 (Go hashes UTF-8 bytes), the function of migration 0006 exists, and it
+// its encoding is UTF8 (Go hashes UTF-8 bytes), the function of migration 0007 exists, and it
 // agrees with Go on partitionProbe. When it does not, why says so and partitions are filtered in
 // memory. err is any other failure.
 func partitionsInSQL(ctx context.Context, pool *pgxpool.Pool, events sqlname.Name) (ok bool, why string, err error) {
@@ -199,7 +199,7 @@ func partitionsInSQL(ctx context.Context, pool *pgxpool.Pool, events sqlname.Nam
 		FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)`, partitionProbe, n).Scan(&got)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42883" { // undefined_function
-		return false, "the function " + sqlname.PartitionFunc(events) + " is missing (apply migration 0006)", nil
+		return false, "the function " + sqlname.PartitionFunc(events) + " is missing (apply migration 0007)", nil
 	}
 	if err != nil {
 		return false, "", fmt.Errorf("check %s: %w", sqlname.PartitionFunc(events), err)

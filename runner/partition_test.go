@@ -80,7 +80,7 @@ func TestPartitionOwnersReadOneCopy(t *testing.T) {
 }
 
 // TestPartitionsInMemoryWhenSQLDisagrees: when the database cannot select partitions as
-// projector.PartitionOf does (the function of migration 0006 is missing, or computes something
+// projector.PartitionOf does (the function of migration 0007 is missing, or computes something
 // else), the runner filters partitions in memory, and every event is still applied exactly once.
 func TestPartitionsInMemoryWhenSQLDisagrees(t *testing.T) {
 	t.Parallel()

@@ -390,7 +390,7 @@ func (s *Store) ReadEventsBetween(ctx context.Context, tx eventstore.DBTX, fromP
 
 // ReadPartitionBetween is ReadEventsBetween for the events of one partition: those whose
 // aggregate ID has projector.PartitionOf(aggregateID, partitions) == partition, selected in SQL by
-// the function of migration 0006 (docs/design.md, "Partitions in SQL"), so that only they are
+// the function of migration 0007 (docs/design.md, "Partitions in SQL"), so that only they are
 // sent.
 func (s *Store) ReadPartitionBetween(ctx context.Context, tx eventstore.DBTX, fromPosition, toPosition int64, limit int,
 	aggregateTypes, eventTypes []string, partitions, partition int) ([]eventstore.PersistedEvent, error) {

@@ -104,7 +104,7 @@ func (n Name) Sibling(object string) string {
 // The name is validated, so it holds no quotes.
 func (n Name) Literal() string { return "'" + n.Quoted() + "'" }
 
-// PartitionFunc is the SQL function of migration 0006, created in the events table's schema:
+// PartitionFunc is the SQL function of migration 0007, created in the events table's schema:
 // PartitionFunc(aggregate_id text, partitions integer) is projector.PartitionOf (docs/design.md,
 // "Partitions in SQL").
 func PartitionFunc(events Name) string { return events.Sibling("eventline_partition_of") }
