@@ -54,9 +54,19 @@ func TestDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	addr := freeAddr(t)
-	scraped := make(chan string, 1)
+	scraped, consoleStatus := make(chan string, 1), make(chan string, 1)
 	go func() {
-		// Scrape the metrics endpoint while the demo runs.
+		// Scrape the metrics endpoint, then read the console's status, while the demo runs.
+		defer func() {
+			resp, err := http.Get("http://" + addr + "/console/api/status")
+			if err != nil {
+				consoleStatus <- err.Error()
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			consoleStatus <- fmt.Sprintf("%d %s", resp.StatusCode, body)
+		}()
 		for i := 0; i < 100; i++ {
 			time.Sleep(50 * time.Millisecond) // polling an HTTP server that is starting up
 			resp, err := http.Get("http://" + addr + "/metrics")
@@ -74,6 +84,7 @@ func TestDemo(t *testing.T) {
 	}()
 	err := demo(ctx, db.URL, options{duration: 4 * time.Second, writers: 3, rate: 300, v2After: time.Second, metrics: addr, out: io.Discard})
 	require.NoError(t, err)
+	require.Contains(t, <-consoleStatus, `200 {"console":{"actions":true`)
 	require.Contains(t, <-scraped, `eventline_events_applied_total{partition="0",projection="daily_totals",version="1"}`)
 
 	// Version 2 took over: it runs, version 1 is retired (its checkpoint rows are gone), and the

@@ -5,7 +5,9 @@
 // keeps serving and the writers keep going, and then takes over: the view demo_account_balances
 // switches to it in the same transaction that retires version 1.
 //
-// The runners' metrics are served for Prometheus at http://127.0.0.1:9464/metrics (-metrics).
+// The runners' metrics are served for Prometheus at http://127.0.0.1:9464/metrics (-metrics), and
+// the web console (package console, with actions allowed behind a token it makes up) at
+// http://127.0.0.1:9464/console/, an address the progress table prints with the token.
 //
 // It uses DATABASE_URL when set, otherwise a throwaway PostgreSQL it starts (and removes) itself.
 // Ctrl-C stops it cleanly.
@@ -15,6 +17,7 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -35,6 +38,7 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventline/eventline/console"
 	"github.com/eventline/eventline/eventlinetest"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
@@ -57,8 +61,10 @@ type options struct {
 	rate     int
 	v2After  time.Duration
 	metrics  string
-	out      io.Writer
-	redraw   bool
+	// consoleURL is filled in when the console is served, with its token.
+	consoleURL string
+	out        io.Writer
+	redraw     bool
 }
 
 func run() error {
@@ -67,7 +73,7 @@ func run() error {
 	flag.IntVar(&o.writers, "writers", 4, "concurrent writers")
 	flag.IntVar(&o.rate, "rate", 400, "events per second, all writers together")
 	flag.DurationVar(&o.v2After, "v2-after", 8*time.Second, "when to register balances v2")
-	flag.StringVar(&o.metrics, "metrics", "127.0.0.1:9464", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
+	flag.StringVar(&o.metrics, "metrics", "127.0.0.1:9464", "serve Prometheus metrics at http://ADDR/metrics and the web console at http://ADDR/console/ (empty: off)")
 	flag.Parse()
 	o.out, o.redraw = os.Stdout, true
 
@@ -151,7 +157,18 @@ func demo(ctx context.Context, url string, o options) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	if o.metrics != "" {
-		srv := &http.Server{Addr: o.metrics, Handler: metrics.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", metrics.Handler())
+		// The web console, as a service mounts it: under a prefix, here with actions allowed
+		// behind a token made up for this run.
+		token := crand.Text()
+		ui, err := console.New(console.Config{Pool: pool, AllowActions: true, Token: token})
+		if err != nil {
+			return err
+		}
+		mux.Handle("/console/", http.StripPrefix("/console", ui))
+		o.consoleURL = "http://" + o.metrics + "/console/#token=" + token
+		srv := &http.Server{Addr: o.metrics, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics server: %w", err)
@@ -346,7 +363,7 @@ func progress(ctx context.Context, o options, rs []*runner.Runner, appended, not
 	}
 	fmt.Fprintf(&b, "eventline demo — %d events appended, %d big-deposit notices (Ctrl-C to stop)\n", appended, notified)
 	if o.metrics != "" {
-		fmt.Fprintf(&b, "metrics: http://%s/metrics\n", o.metrics)
+		fmt.Fprintf(&b, "metrics: http://%s/metrics\nconsole: %s\n", o.metrics, o.consoleURL)
 	}
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
