@@ -103,7 +103,9 @@ func (e *handlerError) Unwrap() error { return e.err }
 // dispatch applies one batch in one transaction: lock the checkpoint, handle, compare-and-set,
 // commit. Events of aggregates with a parked event are parked behind it instead (sequenced dead
 // letters), in the same transaction.
-func (w *worker) dispatch(ctx context.Context, events []eventstore.PersistedEvent, to int64) error {
+func (w *worker) dispatch(ctx context.Context, events []eventstore.PersistedEvent, to int64) (err error) {
+	ctx, end := w.startHandling(ctx, events, w.persisted, to)
+	defer func() { end(err) }()
 	return w.commit(ctx, events, to, func(ctx context.Context, tx pgx.Tx) error {
 		handle, err := w.parkBlocked(ctx, tx, events)
 		if err != nil || len(handle) == 0 {
@@ -232,6 +234,8 @@ func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore
 }
 
 func (w *worker) callDetached(ctx context.Context, ev eventstore.PersistedEvent) (err error) {
+	ctx, end := w.startHandling(ctx, []eventstore.PersistedEvent{ev}, ev.GlobalPosition, ev.GlobalPosition)
+	defer func() { end(err) }()
 	defer w.recoverHandler(&err)
 	if herr := w.g.detached.HandleEvent(ctx, ev); herr != nil {
 		return &handlerError{err: herr, retryable: retryable(herr, true)}

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -122,6 +123,12 @@ type Hooks struct {
 	OwnershipChanged func(key Unit, owned bool)
 	// PageRead: a page of events was read from the database (shared pages are read once).
 	PageRead func(from int64, events int)
+	// Handling wraps each call of a handler (see Handling): it is called as the call starts and
+	// returns the context the call runs with (the handler's context, and the batch's database
+	// work) and a function the runner calls once when the call ends, with how. A tracing adapter
+	// starts a span here, so that the handler's spans are its children (package tracing/otel).
+	// It must return a context derived from ctx.
+	Handling func(ctx context.Context, h Handling) (context.Context, func(HandlingEnd))
 }
 
 // BatchInfo describes a committed batch.
@@ -289,6 +296,7 @@ func JoinHooks(hs ...Hooks) Hooks {
 		out.OwnershipChanged = join2(out.OwnershipChanged, h.OwnershipChanged)
 		out.ListenerConnected = join1(out.ListenerConnected, h.ListenerConnected)
 		out.PageRead = join2(out.PageRead, h.PageRead)
+		out.Handling = joinHandling(out.Handling, h.Handling)
 		if a, b := out.Retrying, h.Retrying; b != nil {
 			out.Retrying = func(k Unit, err error, d time.Duration) {
 				if a != nil {

@@ -1,7 +1,10 @@
 package runner
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -69,4 +72,54 @@ func TestUnitOfFillsDefaultsAndPrints(t *testing.T) {
 		require.Equal(t, c.str, u.String())
 		require.Equal(t, c.key.String(), u.String(), "the same spelling as the checkpoint's")
 	}
+}
+
+// JoinHooks joins every hook: a hook added to Hooks but not to JoinHooks fails here.
+func TestJoinHooksJoinsEveryHook(t *testing.T) {
+	calls := map[string]int{}
+	var h Hooks
+	hv := reflect.ValueOf(&h).Elem()
+	for i := 0; i < hv.NumField(); i++ {
+		name, ft := hv.Type().Field(i).Name, hv.Field(i).Type()
+		hv.Field(i).Set(reflect.MakeFunc(ft, func(args []reflect.Value) []reflect.Value {
+			calls[name]++
+			out := make([]reflect.Value, ft.NumOut())
+			for j := range out {
+				out[j] = reflect.Zero(ft.Out(j))
+			}
+			return out
+		}))
+	}
+	jv := reflect.ValueOf(JoinHooks(h, Hooks{}, h))
+	for i := 0; i < jv.NumField(); i++ {
+		f := jv.Field(i)
+		require.False(t, f.IsNil(), "%s is not joined", jv.Type().Field(i).Name)
+		args := make([]reflect.Value, f.Type().NumIn())
+		for j := range args {
+			args[j] = reflect.Zero(f.Type().In(j))
+			if f.Type().In(j) == reflect.TypeFor[context.Context]() {
+				args[j] = reflect.ValueOf(context.Background())
+			}
+		}
+		f.Call(args)
+	}
+	for i := 0; i < hv.NumField(); i++ {
+		require.Equal(t, 2, calls[hv.Type().Field(i).Name], "%s is called once per joined Hooks", hv.Type().Field(i).Name)
+	}
+}
+
+// The Handling hooks nest: the second runs in the first's context, and their ends run in reverse.
+func TestJoinHandling(t *testing.T) {
+	type key struct{}
+	var order []string
+	mk := func(name string) Hooks {
+		return Hooks{Handling: func(ctx context.Context, h Handling) (context.Context, func(HandlingEnd)) {
+			order = append(order, fmt.Sprint(name, " in ", ctx.Value(key{})))
+			return context.WithValue(ctx, key{}, name), func(e HandlingEnd) { order = append(order, name+" "+string(e.Outcome)) }
+		}}
+	}
+	ctx, end := JoinHooks(mk("a"), mk("b")).Handling(context.Background(), Handling{})
+	require.Equal(t, "b", ctx.Value(key{}))
+	end(HandlingEnd{Outcome: OutcomeOK})
+	require.Equal(t, []string{"a in <nil>", "b in a", "b ok", "a ok"}, order)
 }

@@ -13,8 +13,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
 )

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/eventline/eventline/internal/sqlname"
@@ -19,6 +20,11 @@ type StoreConfig struct {
 	// Defaults to "" (no notification). At high write rates leave it empty and let runners poll:
 	// every notifying commit takes a cluster-wide lock.
 	NotifyChannel string
+	// TraceID, when set, gives Append its caller's trace: an event appended with an empty TraceID
+	// is stored with TraceID(ctx) of the Append call (the tracing/otel adapter's Tracer.TraceID
+	// returns the W3C traceparent of the span in ctx, so that the handlers' spans link to it).
+	// Defaults to nil: events keep the TraceID they carry.
+	TraceID func(ctx context.Context) string
 }
 
 // StoreOption changes a StoreConfig.

@@ -195,6 +195,10 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 	correlation := make([]string, n)
 	trace := make([]string, n)
 	created := make([]time.Time, n)
+	callerTrace := ""
+	if f := s.cfg.TraceID; f != nil {
+		callerTrace = f(ctx)
+	}
 	for i := range batch {
 		ev := &batch[i]
 		ids[i] = pgtype.UUID{Bytes: ev.EventID, Valid: true}
@@ -210,6 +214,9 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 		causation[i] = ev.CausationID
 		correlation[i] = ev.CorrelationID
 		trace[i] = ev.TraceID
+		if trace[i] == "" {
+			trace[i] = callerTrace
+		}
 		created[i] = ev.CreatedAt
 	}
 	aggType, aggID := batch[0].AggregateType, batch[0].AggregateID

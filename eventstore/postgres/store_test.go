@@ -576,3 +576,25 @@ func TestReadPartitionBetween(t *testing.T) {
 	}
 	require.Len(t, seen, len(all), "every event in exactly one partition")
 }
+
+// StoreConfig.TraceID fills the trace ID of the events appended without one, from the Append
+// call's context; an event's own trace ID is kept.
+func TestAppendRecordsCallersTraceID(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	type traceKey struct{}
+	cfg := postgres.DefaultStoreConfig()
+	cfg.TraceID = func(ctx context.Context) string { s, _ := ctx.Value(traceKey{}).(string); return s }
+	store := postgres.NewStore(cfg)
+	_, err := store.Append(context.WithValue(ctx, traceKey{}, "caller"), db.Pool, eventstore.Any(), []eventstore.Event{
+		{AggregateType: "a", AggregateID: "1", EventType: "X"},
+		{AggregateType: "a", AggregateID: "1", EventType: "X", TraceID: "own"},
+	})
+	require.NoError(t, err)
+	_, err = store.Append(ctx, db.Pool, eventstore.Any(), []eventstore.Event{{AggregateType: "a", AggregateID: "1", EventType: "X"}})
+	require.NoError(t, err)
+	got, err := store.ReadEvents(ctx, db.Pool, 0, 10)
+	require.NoError(t, err)
+	require.Equal(t, []string{"caller", "own", ""}, []string{got[0].TraceID, got[1].TraceID, got[2].TraceID})
+}
