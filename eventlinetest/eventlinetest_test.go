@@ -112,15 +112,15 @@ func counter(fail func(ev eventstore.PersistedEvent) error) *projector.Router {
 			_, err := tx.Exec(ctx, `TRUNCATE deposits`)
 			return err
 		}))
-	projector.On(r, "Deposited", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Deposited) error {
+	projector.On(r, "Deposited", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Deposited) error {
 		if fail != nil {
 			if err := fail(ev); err != nil {
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO deposits VALUES ($1, 1, $2)
+		w.Exec(`INSERT INTO deposits VALUES ($1, 1, $2)
 			ON CONFLICT (account) DO UPDATE SET n = deposits.n + 1, total = deposits.total + $2`, ev.AggregateID, p.Amount)
-		return err
+		return nil
 	})
 	return r
 }
@@ -275,7 +275,7 @@ func TestRunUntilCaughtUp(t *testing.T) {
 	n := &notifier{}
 	require.NoError(t, r.RegisterDetached(n))
 	nothing := projector.NewRouter("orders", projector.WithAggregateTypes("order"))
-	projector.On(nothing, "Placed", func(context.Context, pgx.Tx, eventstore.PersistedEvent, struct{}) error { return nil })
+	projector.On(nothing, "Placed", func(context.Context, *projector.Writes, eventstore.PersistedEvent, struct{}) error { return nil })
 	require.NoError(t, r.Register(nothing))
 
 	sts := eventlinetest.RunUntilCaughtUp(t, r)
@@ -321,7 +321,7 @@ func TestRunUntilCaughtUpFailsTheTest(t *testing.T) {
 	r, err = runner.New(db.Pool, store, runner.Config{})
 	require.NoError(t, err)
 	broken := projector.NewRouter("broken", projector.WithSetup(func(context.Context, pgx.Tx) error { return errors.New("cannot set up") }))
-	projector.On(broken, "Deposited", func(context.Context, pgx.Tx, eventstore.PersistedEvent, struct{}) error { return nil })
+	projector.On(broken, "Deposited", func(context.Context, *projector.Writes, eventstore.PersistedEvent, struct{}) error { return nil })
 	require.NoError(t, r.Register(broken))
 	logs, failed = runAsT(t.Name(), func(ft testing.TB) { eventlinetest.RunUntilCaughtUp(ft, r) })
 	require.True(t, failed)

@@ -29,10 +29,10 @@ func balances() *projector.Router {
 			_, err := tx.Exec(ctx, `TRUNCATE balances`)
 			return err
 		}))
-	projector.On(r, "Deposited", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Deposited) error {
-		_, err := tx.Exec(ctx, `INSERT INTO balances (id, balance) VALUES ($1, $2)
+	projector.On(r, "Deposited", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Deposited) error {
+		w.Exec(`INSERT INTO balances (id, balance) VALUES ($1, $2)
 			ON CONFLICT (id) DO UPDATE SET balance = balances.balance + $2`, ev.AggregateID, p.Amount)
-		return err
+		return nil
 	})
 	return r
 }

@@ -14,25 +14,40 @@ type Deposited struct {
 	Amount int `json:"amount"`
 }
 
-// A Router turns one typed function per event type into a projection. With a runner, tx is the
+// A Router turns one typed function per event type into a projection. A handler that only writes
+// queues its statements on w; the runner sends a batch's writes to the server together, in the
 // transaction that also moves the projection's checkpoint.
 func ExampleOn() {
 	balances := projector.NewRouter("balances", projector.WithAggregateTypes("account"))
-	total := map[string]int{}
-	projector.On(balances, "Deposited", func(_ context.Context, _ pgx.Tx, ev eventstore.PersistedEvent, p Deposited) error {
-		total[ev.AggregateID] += p.Amount
+	projector.On(balances, "Deposited", func(_ context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Deposited) error {
+		w.Exec(`INSERT INTO balances (id, balance) VALUES ($1, $2)
+			ON CONFLICT (id) DO UPDATE SET balance = balances.balance + $2`, ev.AggregateID, p.Amount)
 		return nil
 	})
+	fmt.Println(balances.EventTypes())
+	// Output: [Deposited]
+}
 
-	deposit := func(account, payload string) eventstore.PersistedEvent {
-		return eventstore.PersistedEvent{Event: eventstore.Event{
-			AggregateType: "account", AggregateID: account, EventType: "Deposited", Payload: []byte(payload)}}
-	}
-	err := balances.Handle(context.Background(), nil, []eventstore.PersistedEvent{
-		deposit("a-1", `{"amount":5}`), deposit("a-1", `{"amount":7}`), deposit("a-2", `{"amount":1}`),
+type Withdrawn struct {
+	Amount int `json:"amount"`
+}
+
+// A handler that needs a statement's result registers with OnTx and gets the transaction itself.
+// The writes queued for earlier events of the batch are sent before it runs, so it sees them.
+func ExampleOnTx() {
+	balances := projector.NewRouter("balances", projector.WithAggregateTypes("account"))
+	projector.OnTx(balances, "Withdrawn", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Withdrawn) error {
+		tag, err := tx.Exec(ctx, `UPDATE balances SET balance = balance - $2 WHERE id = $1`, ev.AggregateID, p.Amount)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return fmt.Errorf("withdrawal from unknown account %s", ev.AggregateID)
+		}
+		return nil
 	})
-	fmt.Println(err, total["a-1"], total["a-2"], balances.EventTypes())
-	// Output: <nil> 12 1 [Deposited]
+	fmt.Println(balances.EventTypes())
+	// Output: [Withdrawn]
 }
 
 // PartitionOf keeps an aggregate's events in one partition: the same ID always maps to the

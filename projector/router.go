@@ -5,20 +5,28 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/eventline/eventline/eventstore"
 )
 
-// Router is a Projection made of one typed function per event type. Build it with NewRouter and
-// On; it filters to the event types it has handlers for (and the aggregate types given with
-// WithAggregateTypes), so the runner does not even read the others when it can avoid it.
+// Router is a Projection made of one typed function per event type. Build it with NewRouter, On
+// (handlers that only write: their writes are sent together) and OnTx (handlers that need the
+// transaction itself); it filters to the event types it has handlers for (and the aggregate types
+// given with WithAggregateTypes), so the runner does not even read the others when it can avoid
+// it.
+//
+// Handle calls the handlers in event order. The writes queued by On handlers are sent in one
+// round trip when Handle returns or an OnTx handler is about to run, whichever comes first, so
+// every handler sees the effect of the writes of the events before it. An error is returned as
+// an *EventError naming the event whose handler (or queued write) failed.
 //
 // A Router is configured before it is registered with a runner and must not change afterwards.
 type Router struct {
 	name       string
-	handlers   map[string]func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent) error
+	handlers   map[string]handler
 	aggregates []string
 	setup      func(ctx context.Context, tx pgx.Tx) error
 	reset      func(ctx context.Context, tx pgx.Tx) error
@@ -64,7 +72,7 @@ func WithDecoder(decode func(data []byte, v any) error) RouterOption {
 func NewRouter(name string, opts ...RouterOption) *Router {
 	r := &Router{
 		name:     name,
-		handlers: map[string]func(context.Context, pgx.Tx, eventstore.PersistedEvent) error{},
+		handlers: map[string]handler{},
 		decode:   json.Unmarshal,
 	}
 	for _, o := range opts {
@@ -73,20 +81,59 @@ func NewRouter(name string, opts ...RouterOption) *Router {
 	return r
 }
 
-// On registers handle for events of type eventType. The payload is decoded into a P before handle
-// is called; a payload that does not decode is an error of the event (the projection's failure
-// policy applies). Registering a type twice panics: it is a programming error.
-func On[P any](r *Router, eventType string, handle func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, payload P) error) {
+// handler is one event type's function: exactly one of write and tx is set.
+type handler struct {
+	write func(ctx context.Context, w *Writes, ev *eventstore.PersistedEvent) error
+	tx    func(ctx context.Context, tx pgx.Tx, ev *eventstore.PersistedEvent) error
+}
+
+// On registers handle for events of type eventType: the way to write a read model. handle
+// queues its statements with w.Exec; they run in the transaction that moves the checkpoint, in
+// order, sent to the server together with the other writes of the batch (one round trip for
+// many events, instead of one per statement). Their results are not available: a handler that
+// needs rows affected, RETURNING or a read registers with OnTx.
+//
+// The payload is decoded into a P before handle is called; a payload that does not decode is an
+// error of the event (the projection's failure policy applies), as is an error returned by
+// handle or by a statement it queued. Registering a type twice panics: it is a programming
+// error.
+func On[P any](r *Router, eventType string, handle func(ctx context.Context, w *Writes, ev eventstore.PersistedEvent, payload P) error) {
+	r.add(eventType, handler{write: func(ctx context.Context, w *Writes, ev *eventstore.PersistedEvent) error {
+		var p P
+		if err := r.decodePayload(ev, &p); err != nil {
+			return err
+		}
+		return handle(ctx, w, *ev, p)
+	}})
+}
+
+// OnTx registers handle for events of type eventType, with the transaction itself, for a handler
+// that needs the results of its statements (rows affected, RETURNING, reads). Each statement is
+// a round trip of its own: prefer On for handlers that only write. The writes that On handlers
+// queued for earlier events are sent before handle runs, so it reads what they wrote. Decoding
+// and errors are as for On.
+func OnTx[P any](r *Router, eventType string, handle func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, payload P) error) {
+	r.add(eventType, handler{tx: func(ctx context.Context, tx pgx.Tx, ev *eventstore.PersistedEvent) error {
+		var p P
+		if err := r.decodePayload(ev, &p); err != nil {
+			return err
+		}
+		return handle(ctx, tx, *ev, p)
+	}})
+}
+
+func (r *Router) add(eventType string, h handler) {
 	if _, dup := r.handlers[eventType]; dup {
 		panic(fmt.Sprintf("projector: router %q: event type %q registered twice", r.name, eventType))
 	}
-	r.handlers[eventType] = func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent) error {
-		var p P
-		if err := r.decode(ev.Payload, &p); err != nil {
-			return fmt.Errorf("decode %s payload of event %s at position %d: %w", eventType, ev.EventID, ev.GlobalPosition, err)
-		}
-		return handle(ctx, tx, ev, p)
+	r.handlers[eventType] = h
+}
+
+func (r *Router) decodePayload(ev *eventstore.PersistedEvent, p any) error {
+	if err := r.decode(ev.Payload, p); err != nil {
+		return fmt.Errorf("decode %s payload of event %s: %w", ev.EventType, ev.EventID, err)
 	}
+	return nil
 }
 
 // Name implements Projection.
@@ -100,19 +147,46 @@ func (r *Router) Validate() error {
 	return nil
 }
 
-// Handle implements Projection: each event goes to its type's function, in order.
+// Handle implements Projection: each event goes to its type's function, in order; the writes
+// queued by On handlers are sent before an OnTx handler runs and before Handle returns.
 func (r *Router) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.PersistedEvent) error {
-	for _, ev := range events {
+	w := writesPool.Get().(*Writes)
+	defer func() {
+		w.reset()
+		writesPool.Put(w)
+	}()
+	for i := range events {
+		ev := &events[i]
 		h, ok := r.handlers[ev.EventType]
 		if !ok {
 			continue
 		}
-		if err := h(ctx, tx, ev); err != nil {
-			return err
+		var err error
+		if h.tx != nil {
+			if err := w.flush(ctx, tx); err != nil {
+				return err
+			}
+			err = h.tx(ctx, tx, ev)
+		} else {
+			w.position = ev.GlobalPosition
+			err = h.write(ctx, w, ev)
+			if err == nil && w.Len() >= flushAt {
+				err = w.flush(ctx, tx)
+			}
+		}
+		if err != nil {
+			var ee *EventError
+			if errors.As(err, &ee) {
+				return err
+			}
+			return &EventError{Position: ev.GlobalPosition, Err: err}
 		}
 	}
-	return nil
+	return w.flush(ctx, tx)
 }
+
+// writesPool keeps the Writes of finished Handle calls (and their batch's memory) for the next.
+var writesPool = sync.Pool{New: func() any { return new(Writes) }}
 
 // AggregateTypes implements Filter.
 func (r *Router) AggregateTypes() []string { return r.aggregates }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventline/eventline/eventstore"
@@ -19,12 +18,12 @@ type deposited struct {
 func TestRouterDecodesAndRoutes(t *testing.T) {
 	r := projector.NewRouter("balances", projector.WithAggregateTypes("account"))
 	var got []int
-	projector.On(r, "Deposited", func(_ context.Context, _ pgx.Tx, _ eventstore.PersistedEvent, p deposited) error {
+	projector.On(r, "Deposited", func(_ context.Context, _ *projector.Writes, _ eventstore.PersistedEvent, p deposited) error {
 		got = append(got, p.Amount)
 		return nil
 	})
 	require.Panics(t, func() {
-		projector.On(r, "Deposited", func(context.Context, pgx.Tx, eventstore.PersistedEvent, deposited) error { return nil })
+		projector.On(r, "Deposited", func(context.Context, *projector.Writes, eventstore.PersistedEvent, deposited) error { return nil })
 	})
 	ev := func(typ, payload string) eventstore.PersistedEvent {
 		return eventstore.PersistedEvent{Event: eventstore.Event{AggregateType: "account", EventType: typ, Payload: []byte(payload)}}
@@ -49,6 +48,6 @@ func TestRouterWithoutHandlersIsInvalid(t *testing.T) {
 	err := r.Validate()
 	require.ErrorIs(t, err, projector.ErrNoHandlers)
 	require.ErrorContains(t, err, `router "balances"`)
-	projector.On(r, "Deposited", func(context.Context, pgx.Tx, eventstore.PersistedEvent, deposited) error { return nil })
+	projector.On(r, "Deposited", func(context.Context, *projector.Writes, eventstore.PersistedEvent, deposited) error { return nil })
 	require.NoError(t, r.Validate())
 }

@@ -1,12 +1,14 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,28 +44,51 @@ func (w *worker) apply(ctx context.Context, events []eventstore.PersistedEvent, 
 	if len(events) == 1 {
 		return w.failed(ctx, &events[0], to, he)
 	}
-	w.log.Warn("handler failed on a batch: splitting it to find the failing event; the handler runs again on the events of the halves",
+	w.log.Warn("handler failed on a batch: isolating the failing event; the handler runs again on the events before it",
 		zap.Int64("first", events[0].GlobalPosition), zap.Int64("last", events[len(events)-1].GlobalPosition),
 		zap.Int("events", len(events)), zap.Error(he.err))
 	return w.isolate(ctx, events, to, he)
 }
 
-// isolate finds the failing event of a batch that failed with he by splitting it, applying the
-// halves that succeed.
+// isolate finds the failing event of a batch whose dispatch failed with he, applying the events
+// before it, and applies the failure policy to it. When the error names its event (a
+// projector.EventError), the batch is cut just before that event; otherwise in halves. Either
+// way the policy applies only to an event that failed alone, so a wrong name costs time, not
+// correctness.
 func (w *worker) isolate(ctx context.Context, events []eventstore.PersistedEvent, to int64, he *handlerError) error {
 	for len(events) > 1 {
-		half := len(events) / 2
-		first, firstTo := events[:half], events[half].GlobalPosition-1
+		cut, named := len(events)/2, false
+		if i := namedEvent(events, he); i >= 0 {
+			cut, named = max(i, 1), i > 0
+		}
+		first, firstTo := events[:cut], events[cut].GlobalPosition-1
 		err := w.dispatch(ctx, first, firstTo)
-		if err == nil {
-			events = events[half:]
-			if err = w.dispatch(ctx, events, to); err == nil {
+		if err != nil {
+			if !errors.As(err, &he) || he.transient {
+				return err
+			}
+			events, to = first, firstTo
+			continue
+		}
+		events = events[cut:]
+		if named {
+			// The named event alone: if it fails, it is the one.
+			one, oneTo := events[:1], to
+			if len(events) > 1 {
+				oneTo = events[1].GlobalPosition - 1
+			}
+			err := w.dispatch(ctx, one, oneTo)
+			if err != nil {
+				if !errors.As(err, &he) || he.transient {
+					return err
+				}
+				return w.failed(ctx, &one[0], oneTo, he)
+			}
+			if events = events[1:]; len(events) == 0 {
 				return nil
 			}
-		} else {
-			events, to = first, firstTo
 		}
-		if !errors.As(err, &he) || he.transient {
+		if err := w.dispatch(ctx, events, to); err == nil || !errors.As(err, &he) || he.transient {
 			return err
 		}
 	}
@@ -84,6 +109,21 @@ func (w *worker) failed(ctx context.Context, ev *eventstore.PersistedEvent, to i
 	}
 	w.retrying = retryState{}
 	return w.fail(ctx, ev, to, he)
+}
+
+// namedEvent is the index in events of the event that he names (a projector.EventError), or -1.
+func namedEvent(events []eventstore.PersistedEvent, he *handlerError) int {
+	var ee *projector.EventError
+	if !errors.As(he.err, &ee) {
+		return -1
+	}
+	i, found := slices.BinarySearchFunc(events, ee.Position, func(ev eventstore.PersistedEvent, pos int64) int {
+		return cmp.Compare(ev.GlobalPosition, pos)
+	})
+	if !found {
+		return -1
+	}
+	return i
 }
 
 // handlerError is an error (or panic) of the projection's handler.
@@ -253,6 +293,9 @@ func (w *worker) recoverHandler(err *error) {
 
 // failureText describes a handler failure on ev, for the checkpoint and the dead letter.
 func failureText(ev *eventstore.PersistedEvent, err error) string {
+	if ee, ok := err.(*projector.EventError); ok && ee.Position == ev.GlobalPosition {
+		err = ee.Err // the text names the event already
+	}
 	return fmt.Sprintf("event %d (%s %s/%s): %v", ev.GlobalPosition, ev.EventType, ev.AggregateType, ev.AggregateID, err)
 }
 

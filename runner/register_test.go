@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventline/eventline/eventstore"
@@ -27,6 +26,6 @@ func TestRegisterRefusesRouterWithoutHandlers(t *testing.T) {
 	embedded := struct{ *projector.Router }{projector.NewRouter("embedded")}
 	require.ErrorIs(t, r.Register(embedded), projector.ErrNoHandlers)
 
-	projector.On(empty, "Deposited", func(context.Context, pgx.Tx, eventstore.PersistedEvent, struct{}) error { return nil })
+	projector.On(empty, "Deposited", func(context.Context, *projector.Writes, eventstore.PersistedEvent, struct{}) error { return nil })
 	require.NoError(t, r.Register(empty), "the refused router was not registered, and now has a handler")
 }

@@ -259,17 +259,19 @@ func balances(version int) balancesVersion {
 			_, err := tx.Exec(ctx, `TRUNCATE `+t)
 			return err
 		}))
-	projector.On(r, "AccountOpened", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p AccountOpened) error {
-		_, err := tx.Exec(ctx, `INSERT INTO `+t+` (account_id, owner) VALUES ($1, $2)`, ev.AggregateID, p.Owner)
-		return err
+	// Handlers that only write queue their statements on w: a batch's writes go to the server
+	// together, in order, in the transaction that moves the checkpoint.
+	projector.On(r, "AccountOpened", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p AccountOpened) error {
+		w.Exec(`INSERT INTO `+t+` (account_id, owner) VALUES ($1, $2)`, ev.AggregateID, p.Owner)
+		return nil
 	})
-	projector.On(r, "Deposited", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Deposited) error {
-		_, err := tx.Exec(ctx, `UPDATE `+t+` SET balance = balance + $2, transactions = transactions + 1 WHERE account_id = $1`, ev.AggregateID, p.Amount)
-		return err
+	projector.On(r, "Deposited", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Deposited) error {
+		w.Exec(`UPDATE `+t+` SET balance = balance + $2, transactions = transactions + 1 WHERE account_id = $1`, ev.AggregateID, p.Amount)
+		return nil
 	})
-	projector.On(r, "Withdrawn", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Withdrawn) error {
-		_, err := tx.Exec(ctx, `UPDATE `+t+` SET balance = balance - $2, transactions = transactions + 1 WHERE account_id = $1`, ev.AggregateID, p.Amount)
-		return err
+	projector.On(r, "Withdrawn", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Withdrawn) error {
+		w.Exec(`UPDATE `+t+` SET balance = balance - $2, transactions = transactions + 1 WHERE account_id = $1`, ev.AggregateID, p.Amount)
+		return nil
 	})
 	return balancesVersion{Router: r, version: version, table: t}
 }
@@ -282,17 +284,18 @@ func dailyTotals() *projector.Router {
 				day date PRIMARY KEY, deposited bigint NOT NULL DEFAULT 0, withdrawn bigint NOT NULL DEFAULT 0)`)
 			return err
 		}))
-	add := func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, in, out int64) error {
-		_, err := tx.Exec(ctx, `INSERT INTO demo_daily_totals (day, deposited, withdrawn) VALUES ($1::timestamptz::date, $2, $3)
+	add := func(w *projector.Writes, ev eventstore.PersistedEvent, in, out int64) {
+		w.Exec(`INSERT INTO demo_daily_totals (day, deposited, withdrawn) VALUES ($1::timestamptz::date, $2, $3)
 			ON CONFLICT (day) DO UPDATE SET deposited = demo_daily_totals.deposited + $2, withdrawn = demo_daily_totals.withdrawn + $3`,
 			ev.CreatedAt, in, out)
-		return err
 	}
-	projector.On(r, "Deposited", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Deposited) error {
-		return add(ctx, tx, ev, p.Amount, 0)
+	projector.On(r, "Deposited", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Deposited) error {
+		add(w, ev, p.Amount, 0)
+		return nil
 	})
-	projector.On(r, "Withdrawn", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Withdrawn) error {
-		return add(ctx, tx, ev, 0, p.Amount)
+	projector.On(r, "Withdrawn", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Withdrawn) error {
+		add(w, ev, 0, p.Amount)
+		return nil
 	})
 	return r
 }

@@ -96,11 +96,13 @@ func run(ctx context.Context, databaseURL string) error {
 			_, err := tx.Exec(ctx, `TRUNCATE balances`)
 			return err
 		}))
-	projector.On(balances, "Deposited", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p Deposited) error {
-		// tx is the transaction that also moves the checkpoint: both commit, or neither.
-		_, err := tx.Exec(ctx, `INSERT INTO balances (id, balance) VALUES ($1, $2)
+	projector.On(balances, "Deposited", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Deposited) error {
+		// Queued, then sent with the batch's other writes in one round trip, in the transaction that
+		// also moves the checkpoint: all commit, or none. (projector.OnTx gives a handler the
+		// transaction itself, when it needs results: rows affected, RETURNING, reads.)
+		w.Exec(`INSERT INTO balances (id, balance) VALUES ($1, $2)
 			ON CONFLICT (id) DO UPDATE SET balance = balances.balance + $2`, ev.AggregateID, p.Amount)
-		return err
+		return nil
 	})
 
 	r, err := runner.New(pool, store, runner.Config{}) // Logger (a *zap.Logger), Hooks, BatchSize...: all optional
