@@ -39,7 +39,10 @@ func (c *counter) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.Per
 	return err
 }
 
-func loadEvents(b *testing.B, pool *pgxpool.Pool, n int) {
+func loadEvents(b *testing.B, pool *pgxpool.Pool, n int) { loadEventsOver(b, pool, n, 1000) }
+
+// loadEventsOver copies n events spread round-robin over the given number of aggregates.
+func loadEventsOver(b *testing.B, pool *pgxpool.Pool, n, aggregates int) {
 	ctx := context.Background()
 	const chunk = 100_000
 	payload := []byte(`{"amount":1234,"currency":"EUR","note":"a payload of a realistic size for a small event"}`)
@@ -47,7 +50,7 @@ func loadEvents(b *testing.B, pool *pgxpool.Pool, n int) {
 	for start := 0; start < n; start += chunk {
 		rows := make([][]any, 0, chunk)
 		for i := start; i < min(n, start+chunk); i++ {
-			rows = append(rows, []any{uuid.Must(uuid.NewV7()), "bench", strconv.Itoa(i % 1000), int64(i/1000 + 1), "Counted", payload, now})
+			rows = append(rows, []any{uuid.Must(uuid.NewV7()), "bench", strconv.Itoa(i % aggregates), int64(i/aggregates + 1), "Counted", payload, now})
 		}
 		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"events"},
 			[]string{"event_id", "aggregate_type", "aggregate_id", "aggregate_version", "event_type", "payload", "created_at"},
