@@ -232,7 +232,7 @@ func TestApplyFailsTheTestAndCommitsNothing(t *testing.T) {
 		t.Error("Apply returned after a handler failed")
 	})
 	require.True(t, failed)
-	require.Contains(t, logs, "apply to deposits: handle: no second deposit")
+	require.Contains(t, logs, "apply to deposits: handle: event at position 2: no second deposit")
 	require.Zero(t, eventCount(t, db))
 	var table *string
 	require.NoError(t, db.Pool.QueryRow(t.Context(), `SELECT to_regclass('deposits')::text`).Scan(&table))

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/eventline/eventline/checkpoint"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
@@ -171,7 +170,7 @@ func runUntil(ctx context.Context, pool *pgxpool.Pool, store *postgres.Store, p 
 	done := make(chan struct{})
 	var once sync.Once
 	r, err := runner.New(pool, store, runner.Config{BatchSize: batch, PollInterval: time.Hour, Hooks: runner.Hooks{
-		Progressed: func(_ checkpoint.Key, pos int64) {
+		Progressed: func(_ runner.Unit, pos int64) {
 			if pos >= head {
 				once.Do(func() { close(done) })
 			}

@@ -144,7 +144,7 @@ func TestWritesFailureDeadLetter(t *testing.T) {
 			}
 			h.waitFor("every event applied or parked", func() bool { return stateOf(t, r, "writes_dl").Position >= positions[39] })
 			require.Equal(t, want, appliedPositions(t, h.db.Pool, "writes_dl"))
-			dead, err := r.Checkpoints().DeadLetters(ctx, h.db.Pool, "writes_dl")
+			dead, err := r.CheckpointsForTest().DeadLetters(ctx, h.db.Pool, "writes_dl")
 			require.NoError(t, err)
 			var parked []int64
 			for _, d := range dead {
