@@ -2,10 +2,28 @@
 // models, inside the transaction that advances their checkpoint, and detached handlers for side
 // effects outside the database.
 //
-// A projection is anything with a Name and a Handle method. It may also implement Filter (only
-// some aggregate or event types), Setup (create its tables), Resetter (empty them for a
-// rebuild) and Validator (runner.Register refuses it when Validate fails). Router saves writing
-// a type switch: register one typed function per event type (a Router without any is refused).
+// Most projections are a Router with one typed function per event type, registered with On. A
+// handler registered with On writes through a *Writes: Exec queues a statement, and the Router
+// sends the statements of a whole batch of events to the server together (one round trip, not one
+// per event), in order, in the transaction that moves the checkpoint:
+//
+//	balances := projector.NewRouter("balances", projector.WithAggregateTypes("account"))
+//	projector.On(balances, "Deposited", func(ctx context.Context, w *projector.Writes, ev eventstore.PersistedEvent, p Deposited) error {
+//		w.Exec(`INSERT INTO balances (id, balance) VALUES ($1, $2)
+//			ON CONFLICT (id) DO UPDATE SET balance = balances.balance + $2`, ev.AggregateID, p.Amount)
+//		return nil
+//	})
+//
+// Exec returns nothing, because nothing has run yet. A handler that needs a result (rows
+// affected, RETURNING, a read) is registered with OnTx and gets the transaction itself; the writes
+// queued for earlier events are sent before it runs, so it sees them. An error, of a handler or of
+// a statement it queued, is attributed to its event (an EventError), to which the runner applies
+// the projection's failure policy.
+//
+// Any type with a Name and a Handle method is a projection too (for set-based writes of a whole
+// batch, say). It may also implement Filter (only some aggregate or event types), Setup (create
+// its tables), Resetter (empty them for a rebuild) and Validator (runner.Register refuses it when
+// Validate fails). A Router without any handler is refused.
 package projector
 
 import (
