@@ -77,7 +77,7 @@ func counter(g *gate) *projector.Router {
 			_, err := tx.Exec(ctx, `TRUNCATE console_counter`)
 			return err
 		}))
-	projector.On(r, "Ticked", func(ctx context.Context, tx pgx.Tx, _ eventstore.PersistedEvent, p Ticked) error {
+	projector.OnTx(r, "Ticked", func(ctx context.Context, tx pgx.Tx, _ eventstore.PersistedEvent, p Ticked) error {
 		if err := g.wait(ctx); err != nil {
 			return err
 		}

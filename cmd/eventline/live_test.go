@@ -21,7 +21,7 @@ import (
 func startRunner(t *testing.T, db *pgtest.Database, store *postgres.Store) *runner.Runner {
 	t.Helper()
 	orders := projector.NewRouter("orders", projector.WithAggregateTypes("order"))
-	projector.On(orders, "Placed", func(context.Context, pgx.Tx, eventstore.PersistedEvent, struct{}) error { return nil })
+	projector.OnTx(orders, "Placed", func(context.Context, pgx.Tx, eventstore.PersistedEvent, struct{}) error { return nil })
 	r, err := runner.New(db.Pool, store, runner.Config{Logger: zaptest.NewLogger(t), PollInterval: 50 * time.Millisecond,
 		HeartbeatInterval: 50 * time.Millisecond, Lease: time.Second, NodeTimeout: time.Second})
 	require.NoError(t, err)
