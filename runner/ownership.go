@@ -173,10 +173,13 @@ func (c *coordinator) rebalance(ctx context.Context, self checkpoint.Node) error
 	r := c.r
 	db, err := c.db(ctx)
 	if err != nil {
+		r.beats.record(err)
 		return err
 	}
 	self.Status = r.liveStatus()
-	if err := r.cps.Heartbeat(ctx, db, self); err != nil {
+	err = r.cps.Heartbeat(ctx, db, self)
+	r.beats.record(err)
+	if err != nil {
 		return err
 	}
 	if err := r.cps.ForgetNodes(ctx, db, 10*r.cfg.NodeTimeout); err != nil {

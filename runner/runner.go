@@ -98,7 +98,8 @@ type Runner struct {
 	// progress is signalled on every progress notification (any process's checkpoint moved).
 	progress *broadcast
 	pages    *pageReader
-	life     runLife // Run's lifetime, for subscriptions (subscribe.go)
+	life     runLife // Run's lifetime, for subscriptions (subscribe.go) and Health
+	beats    heartbeats
 	nodeID   string
 	control  chan struct{} // wakes the ownership coordinator
 	lagSQL   string

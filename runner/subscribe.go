@@ -280,6 +280,14 @@ func (l *runLife) over() {
 	close(l.overC)
 }
 
+// overChan returns a channel closed once Run has returned.
+func (l *runLife) overChan() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.init()
+	return l.overC
+}
+
 // await waits until Run is up, and returns its tracker and the context that ends when it stops;
 // ErrRunnerStopped when Run is over, ctx.Err() when ctx ends first.
 func (l *runLife) await(ctx context.Context) (*horizon.Tracker, context.Context, error) {

@@ -76,7 +76,18 @@ func TestDemo(t *testing.T) {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if strings.Contains(string(body), "eventline_batches_total") {
-				scraped <- string(body)
+				// The probes answer too, and nothing else does.
+				out := string(body)
+				for _, path := range []string{"/livez", "/readyz", "/nope"} {
+					resp, err := http.Get("http://" + addr + path)
+					if err != nil {
+						break
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					out += fmt.Sprintf("\n%s %d %s", path, resp.StatusCode, b)
+				}
+				scraped <- out
 				return
 			}
 		}
@@ -85,7 +96,11 @@ func TestDemo(t *testing.T) {
 	err := demo(ctx, db.URL, options{duration: 4 * time.Second, writers: 3, rate: 300, v2After: time.Second, metrics: addr, out: io.Discard})
 	require.NoError(t, err)
 	require.Contains(t, <-consoleStatus, `200 {"console":{"actions":true`)
-	require.Contains(t, <-scraped, `eventline_events_applied_total{partition="0",projection="daily_totals",version="1"}`)
+	got := <-scraped
+	require.Contains(t, got, `eventline_events_applied_total{partition="0",projection="daily_totals",version="1"}`)
+	require.Contains(t, got, "\n/livez 200 ok\n")
+	require.Contains(t, got, "\n/readyz 200 ok\n")
+	require.Contains(t, got, "\n/nope 404 ")
 
 	// Version 2 took over: it runs, version 1 is retired (its checkpoint rows are gone), and the
 	// view shows version 2, which matches the events up to its checkpoint.

@@ -5,8 +5,9 @@
 // keeps serving and the writers keep going, and then takes over: the view demo_account_balances
 // switches to it in the same transaction that retires version 1.
 //
-// The runners' metrics are served for Prometheus at http://127.0.0.1:9464/metrics (-metrics), and
-// the web console (package console, with actions allowed behind a token it makes up) at
+// The runners' metrics are served for Prometheus at http://127.0.0.1:9464/metrics (-metrics), with
+// liveness and readiness probes at /livez and /readyz (ready: caught up within 30s), and the web
+// console (package console, with actions allowed behind a token it makes up) at
 // http://127.0.0.1:9464/console/, an address the progress table prints with the token.
 //
 // It uses DATABASE_URL when set, otherwise a throwaway PostgreSQL it starts (and removes) itself.
@@ -47,6 +48,9 @@ import (
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
 )
+
+// readyLag is how far behind the demo's runner may be and still be ready (its /readyz).
+const readyLag = 30 * time.Second
 
 func main() {
 	if err := run(); err != nil {
@@ -157,8 +161,12 @@ func demo(ctx context.Context, url string, o options) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	if o.metrics != "" {
+		// Metrics, and the probes a deployment wires to its liveness and readiness checks (here
+		// for the first runner; a service has one runner per process). Any other path is 404.
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
+		mux.Handle("/livez", r1.HealthHandler(readyLag))
+		mux.Handle("/readyz", r1.HealthHandler(readyLag))
 		// The web console, as a service mounts it: under a prefix, here with actions allowed
 		// behind a token made up for this run.
 		token := crand.Text()
@@ -366,7 +374,7 @@ func progress(ctx context.Context, o options, rs []*runner.Runner, appended, not
 	}
 	fmt.Fprintf(&b, "eventline demo — %d events appended, %d big-deposit notices (Ctrl-C to stop)\n", appended, notified)
 	if o.metrics != "" {
-		fmt.Fprintf(&b, "metrics: http://%s/metrics\nconsole: %s\n", o.metrics, o.consoleURL)
+		fmt.Fprintf(&b, "metrics: http://%s/metrics  probes: /livez /readyz\nconsole: %s\n", o.metrics, o.consoleURL)
 	}
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -250,6 +250,8 @@ type Tracker struct {
 	blocker *Holder
 	unsafe  error
 	changed chan struct{}
+	ticked  time.Time // when the last tick that succeeded ended
+	tickErr error     // the last tick's error, nil when it succeeded
 
 	requests chan struct{}
 
@@ -317,6 +319,14 @@ func (t *Tracker) Blocker() (Holder, bool) {
 	return *t.blocker, true
 }
 
+// LastTick returns when the last successful tick ended (zero before any) and the last tick's
+// error (nil when it succeeded), for health checks.
+func (t *Tracker) LastTick() (time.Time, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ticked, t.tickErr
+}
+
 // Unsafe returns nil while the events table is safe to read, else why not (an error matching
 // ErrNotSafe, which says how to fix it): the horizon is frozen until a tick finds it safe again.
 // It is meant for the runner's Status.
@@ -353,6 +363,12 @@ func (t *Tracker) Tick(ctx context.Context) (int64, error) {
 	t.tickMu.Lock()
 	defer t.tickMu.Unlock()
 	h, err := t.tick(ctx)
+	t.mu.Lock()
+	t.tickErr = err
+	if err == nil {
+		t.ticked = time.Now()
+	}
+	t.mu.Unlock()
 	if err != nil {
 		t.state = state{}
 		if !errors.Is(err, ErrNotSafe) && t.conn != nil {
