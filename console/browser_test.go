@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventline/eventline/console"
+	"github.com/eventline/eventline/eventlinetest"
 )
 
 // EnvRequireBrowser, when set, makes the browser test fail instead of skipping when no Chromium
@@ -144,6 +145,10 @@ func (p *page) screenshot(path string) {
 
 func equals(want string) func(string) bool { return func(s string) bool { return s == want } }
 
+func contains(part string) func(string) bool {
+	return func(s string) bool { return strings.Contains(s, part) }
+}
+
 // The console in a real browser, against a running runner: the lag of a held projection shows,
 // then falls to 0 when it is let go; a click pauses the projection (as its lifecycle record then
 // says); a wrong token is refused, from the page and from a plain request.
@@ -172,7 +177,7 @@ func TestBrowser(t *testing.T) {
 		v, err := strconv.ParseFloat(s, 64)
 		return err == nil && v > 0
 	})
-	require.Equal(t, "running", p.waitText("the state", unit+" td.state", equals("running")))
+	require.Equal(t, "running", p.waitText("the state", unit+" td.state span.state", equals("running")))
 	head, _ := p.text(unit + " td.head")
 	require.Equal(t, strconv.Itoa(n), head)
 
@@ -193,7 +198,7 @@ func TestBrowser(t *testing.T) {
 	p.waitText("the pause to be confirmed", "#message", equals("paused counter"))
 	require.Equal(t, "message ok", p.attr("#message", "class"))
 	require.True(t, f.paused("counter"), "the lifecycle record is not paused")
-	p.waitText("the state to show paused", unit+" td.state", equals("paused"))
+	p.waitText("the state to show paused", unit+" td.state span.state", equals("paused"))
 	p.waitText("the Resume button", `tr[data-projection="counter"] button[data-action="resume"]`, equals("Resume"))
 
 	// With a wrong token, the page's Resume is refused and the projection stays paused.
@@ -211,4 +216,68 @@ func TestBrowser(t *testing.T) {
 	code, body := post(t, srv.URL+"/api/projections/counter/resume", "")
 	require.Equal(t, http.StatusForbidden, code, body)
 	require.True(t, f.paused("counter"))
+}
+
+// In the browser, a read-only console disables every action; one that allows them retries and
+// discards dead letters and requests a rebuild (after the page's confirmation), and disables the
+// rebuild of a projection without Reset and of a detached handler.
+func TestBrowserDeadLettersAndRebuild(t *testing.T) {
+	ctx := browser(t)
+	f := newFixture(t)
+	readOnly := f.serve(console.Config{PollInterval: 200 * time.Millisecond})
+	srv := f.serve(console.Config{AllowActions: true, Token: testToken, PollInterval: 200 * time.Millisecond})
+	p := &page{t: t, ctx: ctx}
+	if path := os.Getenv(EnvScreenshot); path != "" {
+		t.Cleanup(func() { p.screenshot(strings.TrimSuffix(path, ".png") + "-dead-letters.png") })
+	}
+	disabled := func(sel string) bool {
+		return eval[bool](p, fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && e.disabled; })()`, sel))
+	}
+
+	eventlinetest.Append(t, f.db.Pool, eventlinetest.Event("clock", "c-9", "Poison", Ticked{}))
+	var id int64
+	f.waitFor("a dead letter", func() bool {
+		return f.db.Pool.QueryRow(t.Context(), `SELECT id FROM eventline_dead_letters`).Scan(&id) == nil
+	})
+	row := fmt.Sprintf(`tr[data-dead-letter="%d"]`, id)
+
+	p.do("load the read-only console", chromedp.Navigate(readOnly.URL+"/"))
+	p.waitText("the mode", "#mode", equals("read-only"))
+	p.waitText("the dead letter", row+" td.error", contains("poison event"))
+	for _, sel := range []string{
+		`button[data-action="pause"][data-projection="counter"]`, `button[data-action="rebuild"][data-projection="counter"]`,
+		row + ` button[data-action="retry"]`, row + ` button[data-action="discard"]`,
+	} {
+		require.True(t, disabled(sel), "%s is enabled on a read-only console", sel)
+	}
+	require.Equal(t, "true", eval[string](p, `String(document.querySelector('#token-form').hidden)`))
+
+	p.do("load the console", chromedp.Navigate(srv.URL+"/#token="+testToken))
+	p.waitText("the mode", "#mode", equals("actions allowed"))
+	p.waitText("the dead letter", row+" td.error", contains("poison event"))
+	require.True(t, disabled(`button[data-action="rebuild"][data-projection="audit"]`), "rebuild of a projection without Reset")
+	require.True(t, disabled(`button[data-action="rebuild"][data-projection="poisoned"]`), "rebuild of a detached handler")
+	require.False(t, disabled(`button[data-action="rebuild"][data-projection="counter"]`))
+	// Accept the page's confirmations (rebuild and discard ask first), and count them.
+	eval[bool](p, `(() => { window.confirmed = []; window.confirm = (m) => { window.confirmed.push(m); return true; }; return true; })()`)
+
+	p.do("click Retry", chromedp.Click(chromedp.CSS(row+` button[data-action="retry"]`)))
+	p.waitText("the retry to be confirmed", "#message", func(s string) bool { return strings.HasPrefix(s, "retry of dead letter") })
+	// The handler fails on it again: it stays parked, with its attempts counted.
+	p.waitText("the second attempt", row+" td.attempts", equals("2"))
+
+	p.do("click Discard", chromedp.Click(chromedp.CSS(row+` button[data-action="discard"]`)))
+	p.waitText("the discard to be confirmed", "#message", equals(fmt.Sprintf("dead letter %d discarded", id)))
+	p.waitText("the dead letters to be empty", "#dead-letters tbody td.empty", equals("no dead letters"))
+	var left int
+	require.NoError(t, f.db.Pool.QueryRow(t.Context(), `SELECT count(*) FROM eventline_dead_letters`).Scan(&left))
+	require.Zero(t, left)
+
+	p.do("click Rebuild", chromedp.Click(chromedp.CSS(`button[data-action="rebuild"][data-projection="counter"]`)))
+	p.waitText("the rebuild to be confirmed", "#message", func(s string) bool { return strings.HasPrefix(s, "rebuild of counter v1/1 requested") })
+	var requests int64
+	require.NoError(t, f.db.Pool.QueryRow(t.Context(), `SELECT rebuild_requested FROM eventline_projections WHERE projection = 'counter'`).
+		Scan(&requests))
+	require.Equal(t, int64(1), requests)
+	require.Equal(t, 2, eval[int](p, `window.confirmed.length`), "discard and rebuild ask for confirmation, retry does not")
 }

@@ -39,6 +39,8 @@
     for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
     return e;
   };
+  // errorCell is a table cell with an error, or a muted "-".
+  const errorCell = (text) => text ? el('td', { class: 'error' }, text) : el('td', { class: 'none' }, '-');
   const dash = (s) => (s === '' || s === null || s === undefined ? '-' : s);
   const ago = (seconds) => seconds < 60 ? `${seconds.toFixed(1)}s ago` : `${Math.round(seconds / 60)}m ago`;
   const waiting = (w) => `position ${w.position}` +
@@ -133,7 +135,7 @@
         el('td', { class: 'role' }, p.role),
         el('td', { class: 'state' }, el('span', { class: 'state ' + p.state }, p.state),
           p.waiting_on ? el('div', { class: 'waiting' }, 'waiting on ' + waiting(p.waiting_on)) : ''),
-        el('td', { class: 'error' }, dash(lastErr || (p.owner_error ? 'retrying after: ' + p.owner_error : ''))));
+        errorCell(lastErr || (p.owner_error ? 'retrying after: ' + p.owner_error : '')));
     }), 13, 'no projections (no checkpoints yet)');
 
     const problems = $('#problems');
@@ -157,7 +159,7 @@
         el('td', {}, `${l.rebuilds}` + (l.rebuild_pending ? ' (one pending)' : '')),
         el('td', { class: 'num' }, l.dead_letters || '-'),
         el('td', {}, l.detached ? 'detached' : l.resettable ? 'resettable' : 'no Reset'),
-        el('td', { class: 'error' }, dash(l.last_error)),
+        errorCell(l.last_error),
         el('td', { class: 'actions' },
           l.paused ? '' : actionButton('Pause', 'pause', { 'data-projection': name }, path('pause')),
           l.paused || stopped ? actionButton('Resume', 'resume', { 'data-projection': name }, path('resume')) : '',
@@ -174,7 +176,7 @@
         el('td', { class: 'num' }, d.global_position),
         el('td', { class: 'mono' }, `${d.aggregate_type}/${d.aggregate_id}`),
         el('td', { class: 'num' }, d.blocked_by > 0 ? d.blocked_by : '-'),
-        el('td', { class: 'num' }, d.attempts),
+        el('td', { class: 'num attempts' }, d.attempts),
         el('td', {}, d.retry_requested ? 'requested' : '-'),
         el('td', { title: d.created_at }, ago((now - Date.parse(d.created_at)) / 1000)),
         el('td', { class: 'error' }, d.error),
