@@ -16,7 +16,7 @@
 //	eventline_lag_seconds                  gauge      age of the last batch's last event when it committed
 //	eventline_position                     gauge      last position reached (committed or skipped to)
 //	eventline_gaps_waited_total            counter    waits at a position not yet settled
-//	eventline_retries_total                counter    transient errors (batch retried)
+//	eventline_retries_total                counter    transient errors (batch, or event under WithRetry, tried again)
 //	eventline_handler_failures_total       counter    events failed for good; extra label policy (stop|dead-letter)
 //	eventline_dead_letters_total           counter    events parked by the dead-letter policy
 //	eventline_owned                        gauge      1 while this process owns the checkpoint, else 0
