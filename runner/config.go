@@ -123,6 +123,11 @@ type Hooks struct {
 	OwnershipChanged func(key Unit, owned bool)
 	// PageRead: a page of events was read from the database (shared pages are read once).
 	PageRead func(from int64, events int)
+	// Heartbeat: after each heartbeat (every HeartbeatInterval), the process's view of the units
+	// it has workers for, so that gauges keep moving when no batch commits (a stopped or hung
+	// projection). Setting it makes each heartbeat also read the lag of the units that are
+	// behind: one query.
+	Heartbeat func(h HeartbeatInfo)
 	// Handling wraps each call of a handler (see Handling): it is called as the call starts and
 	// returns the context the call runs with (the handler's context, and the batch's database
 	// work) and a function the runner calls once when the call ends, with how. A tracing adapter
@@ -130,6 +135,31 @@ type Hooks struct {
 	// It must return a context derived from ctx.
 	Handling func(ctx context.Context, h Handling) (context.Context, func(HandlingEnd))
 }
+
+// HeartbeatInfo is what the Heartbeat hook gets: the process's horizon and the units it has
+// workers for (a unit it gave up or that was retired is no longer listed).
+type HeartbeatInfo struct {
+	// Horizon: every position at or below it is settled; the head as far as delivery goes.
+	Horizon int64
+	Units   []UnitInfo
+}
+
+// UnitInfo is one unit as its worker in this process sees it.
+type UnitInfo struct {
+	Unit Unit
+	// Owned: this process holds the unit's lease and its worker runs.
+	Owned bool
+	// State is running, stopped, paused, building, waiting, retired or standby (as in Status).
+	State string
+	// Position is the unit's checkpoint as last read or written.
+	Position int64
+	// Lag is the age of the first event after Position, 0 when there is none; measured for
+	// owned units only (0 for the others).
+	Lag time.Duration
+}
+
+// UnitStates are the values UnitInfo.State takes.
+var UnitStates = []string{"running", "stopped", "paused", "building", "waiting", "retired", "standby"}
 
 // BatchInfo describes a committed batch.
 type BatchInfo struct {
@@ -296,6 +326,7 @@ func JoinHooks(hs ...Hooks) Hooks {
 		out.OwnershipChanged = join2(out.OwnershipChanged, h.OwnershipChanged)
 		out.ListenerConnected = join1(out.ListenerConnected, h.ListenerConnected)
 		out.PageRead = join2(out.PageRead, h.PageRead)
+		out.Heartbeat = join1(out.Heartbeat, h.Heartbeat)
 		out.Handling = joinHandling(out.Handling, h.Handling)
 		if a, b := out.Retrying, h.Retrying; b != nil {
 			out.Retrying = func(k Unit, err error, d time.Duration) {

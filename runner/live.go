@@ -1,16 +1,22 @@
 package runner
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/eventline/eventline/internal/checkpoint"
 )
 
 // liveStatus is this process's live view, published with each heartbeat (checkpoint.NodeStatus)
-// so that `eventline status` shows, for every process, what only the process knows. It reads
-// memory only: the workers' fields and the tracker's last tick.
-func (r *Runner) liveStatus() *checkpoint.NodeStatus {
+// so that `eventline status` shows, for every process, what only the process knows; and the same
+// view for the Heartbeat hook. It reads memory only: the workers' fields and the tracker's last
+// tick.
+func (r *Runner) liveStatus() (*checkpoint.NodeStatus, HeartbeatInfo) {
 	r.mu.Lock()
 	tracker := r.tracker
 	workers := make([]*worker, 0, len(r.workers))
@@ -19,6 +25,7 @@ func (r *Runner) liveStatus() *checkpoint.NodeStatus {
 	}
 	r.mu.Unlock()
 	st := &checkpoint.NodeStatus{Units: make([]checkpoint.UnitStatus, 0, len(workers))}
+	info := HeartbeatInfo{Units: make([]UnitInfo, 0, len(workers))}
 	var blocker *checkpoint.Waiting
 	if tracker != nil {
 		st.Horizon = tracker.Horizon()
@@ -26,6 +33,7 @@ func (r *Runner) liveStatus() *checkpoint.NodeStatus {
 			blocker = &checkpoint.Waiting{AppenderPID: h.PID, Transaction: h.VirtualXID, Since: h.Since.UTC()}
 		}
 	}
+	info.Horizon = st.Horizon
 	for _, w := range workers {
 		k := w.key.Normalize()
 		w.mu.Lock()
@@ -43,11 +51,43 @@ func (r *Runner) liveStatus() *checkpoint.NodeStatus {
 		}
 		w.mu.Unlock()
 		st.Units = append(st.Units, u)
+		info.Units = append(info.Units, UnitInfo{Unit: unitOf(k), Owned: u.Owned, State: u.State, Position: u.Position})
 	}
 	slices.SortFunc(st.Units, func(a, b checkpoint.UnitStatus) int {
 		return strings.Compare(a.Key().String(), b.Key().String())
 	})
-	return st
+	slices.SortFunc(info.Units, func(a, b UnitInfo) int { return strings.Compare(a.Unit.String(), b.Unit.String()) })
+	return st, info
+}
+
+// measureLag fills in the lag of the owned units of info that are behind its horizon, with one
+// query on db: the age of the first event after each one's position.
+func (r *Runner) measureLag(ctx context.Context, db *pgx.Conn, info *HeartbeatInfo) error {
+	var idx []int
+	var positions []int64
+	for i, u := range info.Units {
+		if u.Owned && u.Position < info.Horizon {
+			idx = append(idx, i)
+			positions = append(positions, u.Position)
+		}
+	}
+	if len(positions) == 0 {
+		return nil
+	}
+	rows, err := db.Query(ctx, r.lagsSQL, positions)
+	if err != nil {
+		return fmt.Errorf("read lags: %w", err)
+	}
+	ages, err := pgx.CollectRows(rows, pgx.RowTo[*float64])
+	if err != nil {
+		return fmt.Errorf("read lags: %w", err)
+	}
+	for j, age := range ages {
+		if j < len(idx) && age != nil {
+			info.Units[idx[j]].Lag = time.Duration(max(0, *age) * float64(time.Second))
+		}
+	}
+	return nil
 }
 
 // roundRate keeps two decimals of a rate, so that the published status stays small.

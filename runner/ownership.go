@@ -176,11 +176,18 @@ func (c *coordinator) rebalance(ctx context.Context, self checkpoint.Node) error
 		r.beats.record(err)
 		return err
 	}
-	self.Status = r.liveStatus()
+	var info HeartbeatInfo
+	self.Status, info = r.liveStatus()
 	err = r.cps.Heartbeat(ctx, db, self)
 	r.beats.record(err)
 	if err != nil {
 		return err
+	}
+	if f := r.cfg.Hooks.Heartbeat; f != nil {
+		if err := r.measureLag(ctx, db, &info); err != nil {
+			return err
+		}
+		f(info)
 	}
 	if err := r.cps.ForgetNodes(ctx, db, 10*r.cfg.NodeTimeout); err != nil {
 		return err

@@ -103,6 +103,7 @@ type Runner struct {
 	nodeID   string
 	control  chan struct{} // wakes the ownership coordinator
 	lagSQL   string
+	lagsSQL  string       // the lag of many positions at once, in their order (live.go)
 	events   sqlname.Name // the store's events table
 }
 
@@ -158,6 +159,8 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 		nodeID:   newNodeID(),
 		control:  make(chan struct{}, 1),
 		lagSQL:   `SELECT created_at FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`,
+		lagsSQL: `SELECT extract(epoch FROM now() - (SELECT created_at FROM ` + ev + ` WHERE global_position > p.pos
+			ORDER BY global_position LIMIT 1))::float8 FROM unnest($1::bigint[]) WITH ORDINALITY AS p(pos, n) ORDER BY p.n`,
 	}, nil
 }
 

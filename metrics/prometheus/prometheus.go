@@ -13,8 +13,14 @@
 //	eventline_batches_total                counter    batches committed
 //	eventline_events_applied_total         counter    events in those batches
 //	eventline_batch_duration_seconds       histogram  handler to commit, per batch
-//	eventline_lag_seconds                  gauge      age of the last batch's last event when it committed
+//	eventline_lag_seconds                  gauge      how far behind: the age of the first event not applied yet,
+//	                                                  every heartbeat (0 when caught up); and at each commit,
+//	                                                  the age of the batch's last event
 //	eventline_position                     gauge      last position reached (committed or skipped to)
+//	eventline_head_position                gauge      this process's horizon: every position at or below it is
+//	                                                  settled; no labels. Lag in events: head minus position
+//	eventline_unit_state                   gauge      1 for the unit's state, 0 for the others; extra label state
+//	                                                  (running|stopped|paused|building|waiting|retired|standby)
 //	eventline_gaps_waited_total            counter    waits at a position not yet settled
 //	eventline_retries_total                counter    transient errors (batch, or event under WithRetry, tried again)
 //	eventline_handler_failures_total       counter    events failed for good; extra label policy (stop|dead-letter)
@@ -25,8 +31,12 @@
 //	eventline_pages_read_total             counter    pages of events read; no labels
 //
 // A checkpoint's counters and histogram appear, at zero, the first time any hook reports on it,
-// so that rate() and increase() see the first increment; its gauges appear when first set.
-// Series are never deleted.
+// so that rate() and increase() see the first increment; its gauges appear when first set. The
+// gauges (lag, position, state, owned) are refreshed with every heartbeat of the runner
+// (runner.Config.HeartbeatInterval), so they keep moving when nothing commits (a projection
+// stopped or hung); they are deleted once the process no longer has the unit (released to
+// another process, or retired by a cut-over), so a retired version stops reporting ownership.
+// Counters are never deleted.
 //
 // To run several runners in one process against one registry, give each its own namespace, or
 // wrap the registerer with constant labels: prom.WrapRegistererWith(prom.Labels{"runner": "a"}, reg).
@@ -103,10 +113,14 @@ type Metrics struct {
 	gaps, retries    *prom.CounterVec
 	failures, dead   *prom.CounterVec
 	owned            *prom.GaugeVec
+	state            *prom.GaugeVec
+	head             prom.Gauge
 	ownershipChanges *prom.CounterVec
 	listenerConnects prom.Counter
 	pagesRead        prom.Counter
 	series           sync.Map // runner.Unit -> *series
+	reportedMu       sync.Mutex
+	reported         map[runner.Unit]bool // the units of the last heartbeat
 	handlerOnce      sync.Once
 	handler          http.Handler
 }
@@ -149,16 +163,19 @@ func New(reg prom.Registerer, opts ...Option) (*Metrics, error) {
 	}
 	m := &Metrics{
 		reg:              reg,
+		reported:         map[runner.Unit]bool{},
 		batches:          counter("batches_total", "Batches of events applied and committed."),
 		events:           counter("events_applied_total", "Events applied in committed batches."),
 		duration:         prom.NewHistogramVec(prom.HistogramOpts{Namespace: ns, Name: "batch_duration_seconds", Help: "Time from handing a batch to the handler to its commit.", Buckets: o.buckets}, key),
-		lag:              gauge("lag_seconds", "Age of the last committed batch's last event when the batch committed."),
+		lag:              gauge("lag_seconds", "Age of the first event not applied yet (every heartbeat; 0 when caught up), or of a committed batch's last event (at the commit)."),
 		position:         gauge("position", "Last global position the projection reached."),
 		gaps:             counter("gaps_waited_total", "Times the projection waited at a position not yet settled."),
 		retries:          counter("retries_total", "Transient errors after which a batch was retried."),
 		failures:         counter("handler_failures_total", "Events the handler failed on for good, by failure policy applied.", "policy"),
 		dead:             counter("dead_letters_total", "Events parked in the dead-letter table."),
 		owned:            gauge("owned", "1 while this process owns the checkpoint, else 0."),
+		state:            prom.NewGaugeVec(prom.GaugeOpts{Namespace: ns, Name: "unit_state", Help: "1 for the unit's current state, 0 for the others."}, append(key[:3:3], "state")),
+		head:             prom.NewGauge(prom.GaugeOpts{Namespace: ns, Name: "head_position", Help: "This process's horizon: every global position at or below it is settled."}),
 		ownershipChanges: counter("ownership_changes_total", "Times this process acquired or released the checkpoint.", "change"),
 		listenerConnects: prom.NewCounter(prom.CounterOpts{Namespace: ns, Name: "listener_connects_total", Help: "Times the listener connected or reconnected."}),
 		pagesRead:        prom.NewCounter(prom.CounterOpts{Namespace: ns, Name: "pages_read_total", Help: "Pages of events read from the database."}),
@@ -177,6 +194,8 @@ func New(reg prom.Registerer, opts ...Option) (*Metrics, error) {
 		{"handler_failures_total", m.failures},
 		{"dead_letters_total", m.dead},
 		{"owned", m.owned},
+		{"unit_state", m.state},
+		{"head_position", m.head},
 		{"ownership_changes_total", m.ownershipChanges},
 		{"listener_connects_total", m.listenerConnects},
 		{"pages_read_total", m.pagesRead},
@@ -205,6 +224,7 @@ func (m *Metrics) Hooks() runner.Hooks {
 		Progressed:        m.progressed,
 		OwnershipChanged:  m.ownershipChanged,
 		PageRead:          m.pageRead,
+		Heartbeat:         m.heartbeat,
 	}
 }
 
@@ -307,6 +327,55 @@ func (m *Metrics) ownershipChanged(key runner.Unit, owned bool) {
 
 func (m *Metrics) pageRead(int64, int) {
 	m.pagesRead.Inc()
+}
+
+// heartbeat refreshes the gauges of the units the process has, and deletes those of the units it
+// had at the last heartbeat and no longer has.
+func (m *Metrics) heartbeat(h runner.HeartbeatInfo) {
+	m.head.Set(float64(h.Horizon))
+	m.reportedMu.Lock()
+	defer m.reportedMu.Unlock()
+	now := make(map[runner.Unit]bool, len(h.Units))
+	for _, u := range h.Units {
+		now[u.Unit] = true
+		s := m.seriesOf(u.Unit)
+		s.position.get(s).Set(float64(u.Position))
+		if u.Owned {
+			s.owned.get(s).Set(1)
+			s.lag.get(s).Set(u.Lag.Seconds())
+		} else {
+			s.owned.get(s).Set(0)
+		}
+		if u.State != "" {
+			for _, st := range runner.UnitStates {
+				v := 0.0
+				if st == u.State {
+					v = 1
+				}
+				m.state.WithLabelValues(s.labels[0], s.labels[1], s.labels[2], st).Set(v)
+			}
+		}
+	}
+	for u := range m.reported {
+		if !now[u] {
+			m.forget(u)
+		}
+	}
+	m.reported = now
+}
+
+// forget deletes the gauges of a unit the process no longer has; its counters stay. The next
+// report on it starts new gauges.
+func (m *Metrics) forget(u runner.Unit) {
+	v, ok := m.series.LoadAndDelete(u)
+	if !ok {
+		return
+	}
+	l := v.(*series).labels
+	for _, g := range []*prom.GaugeVec{m.lag, m.position, m.owned} {
+		g.DeleteLabelValues(l[:]...)
+	}
+	m.state.DeletePartialMatch(prom.Labels{"projection": l[0], "version": l[1], "partition": l[2]})
 }
 
 // lazyGauge is a gauge child created when first set, so that a gauge never reports a value

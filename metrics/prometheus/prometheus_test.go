@@ -13,14 +13,14 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
+	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/runner"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+// TestMain provides the database of the tests that run a real runner (and checks for leaked
+// goroutines, as goleak.VerifyTestMain did).
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func newMetrics(t *testing.T, opts ...Option) (*Metrics, *prom.Registry) {
 	t.Helper()
@@ -40,6 +40,9 @@ func TestHooksSetEveryFunction(t *testing.T) {
 	m, _ := newMetrics(t)
 	h := reflect.ValueOf(m.Hooks())
 	for i := range h.NumField() {
+		if h.Type().Field(i).Name == "Handling" {
+			continue // wraps handler calls for tracing (package tracing/otel): nothing to count
+		}
 		// A hook added to runner.Hooks and not handled here fails this test.
 		require.False(t, h.Field(i).IsNil(), "Hooks().%s is nil", h.Type().Field(i).Name)
 	}
@@ -322,4 +325,51 @@ func TestConcurrentHooks(t *testing.T) {
 	require.Equal(t, float64(calls), testutil.ToFloat64(m.listenerConnects))
 	require.Equal(t, float64(calls), testutil.ToFloat64(m.pagesRead))
 	require.Equal(t, len(keys), testutil.CollectAndCount(m.batches))
+}
+
+// Heartbeats refresh the gauges of the units the process has, and delete those of the units it
+// no longer has; counters stay.
+func TestHeartbeat(t *testing.T) {
+	t.Parallel()
+	m, reg := newMetrics(t)
+	h := m.Hooks()
+	h.OwnershipChanged(orders, true)
+	h.BatchCommitted(runner.BatchInfo{Unit: runner.Unit{Projection: "orders", Version: 1, Partitions: 1}, Events: 1, To: 5})
+	h.Heartbeat(runner.HeartbeatInfo{Horizon: 42, Units: []runner.UnitInfo{
+		{Unit: runner.Unit{Projection: "orders", Version: 1, Partitions: 1}, Owned: true, State: "stopped", Position: 5, Lag: 90 * time.Second},
+		{Unit: ordersV2, Owned: false, State: "building", Position: 3},
+	}})
+	require.Equal(t, 42.0, testutil.ToFloat64(m.head))
+	require.Equal(t, 90.0, testutil.ToFloat64(m.lag.WithLabelValues("orders", "1", "0")))
+	require.Equal(t, 5.0, testutil.ToFloat64(m.position.WithLabelValues("orders", "1", "0")))
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP eventline_owned 1 while this process owns the checkpoint, else 0.
+# TYPE eventline_owned gauge
+eventline_owned{partition="0",projection="orders",version="1"} 1
+eventline_owned{partition="3",projection="orders",version="2"} 0
+`), "eventline_owned"))
+	state := func(p, v, n, st string) float64 { return testutil.ToFloat64(m.state.WithLabelValues(p, v, n, st)) }
+	require.Equal(t, 1.0, state("orders", "1", "0", "stopped"))
+	require.Equal(t, 0.0, state("orders", "1", "0", "running"))
+	require.Equal(t, 1.0, state("orders", "2", "3", "building"))
+	require.Equal(t, 2*len(runner.UnitStates), testutil.CollectAndCount(m.state))
+
+	// orders@2 is gone (retired, or handed over): its gauges go, its counters stay; orders@1
+	// comes back with new gauges after it was gone too.
+	h.Heartbeat(runner.HeartbeatInfo{Horizon: 43, Units: []runner.UnitInfo{
+		{Unit: runner.Unit{Projection: "orders", Version: 1, Partitions: 1}, Owned: true, State: "running", Position: 43},
+	}})
+	require.Equal(t, len(runner.UnitStates), testutil.CollectAndCount(m.state))
+	require.Equal(t, 1, testutil.CollectAndCount(m.owned))
+	require.Equal(t, 1, testutil.CollectAndCount(m.position))
+	require.Equal(t, 2, testutil.CollectAndCount(m.batches), "counters stay")
+	require.Equal(t, 0.0, testutil.ToFloat64(m.lag.WithLabelValues("orders", "1", "0")), "caught up")
+	h.Heartbeat(runner.HeartbeatInfo{Horizon: 43})
+	require.Equal(t, 0, testutil.CollectAndCount(m.owned))
+	require.Equal(t, 0, testutil.CollectAndCount(m.lag))
+	h.Heartbeat(runner.HeartbeatInfo{Horizon: 44, Units: []runner.UnitInfo{
+		{Unit: runner.Unit{Projection: "orders", Version: 1, Partitions: 1}, Owned: true, State: "running", Position: 44},
+	}})
+	require.Equal(t, 44.0, testutil.ToFloat64(m.position.WithLabelValues("orders", "1", "0")))
+	require.Equal(t, 1, testutil.CollectAndCount(m.owned))
 }
