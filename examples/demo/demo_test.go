@@ -75,7 +75,8 @@ func TestDemo(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if strings.Contains(string(body), "eventline_batches_total") {
+			// Every projection registers its series when it starts: wait for the last one.
+			if strings.Contains(string(body), `eventline_events_applied_total{partition="0",projection="daily_totals"`) {
 				// The probes answer too, and nothing else does.
 				out := string(body)
 				for _, path := range []string{"/livez", "/readyz", "/nope"} {
