@@ -106,9 +106,9 @@ func newLifecycle(t *testing.T) *lifecycle.Store {
 
 // newFixture creates:
 //   - orders v1: running at 4 (lag 6), owned by node-a, resettable; dead letters 1 and 2 (2 was
-//     parked twice, which used up ID 3);
+//     parked twice, which drew no new ID);
 //   - search v2 in two partitions, resettable: one caught up and owned by node-b, one at 8
-//     whose owner's lease ran out; dead letters 4 and 5 (5 parked behind 4); and v3 building
+//     whose owner's lease ran out; dead letters 3 and 4 (4 parked behind 3); and v3 building
 //     beside it, at 3;
 //   - totals v1: stopped by the event at 7, not resettable;
 //   - mailer v1: a detached handler, paused, caught up;
@@ -449,7 +449,7 @@ func TestDeadLetters(t *testing.T) {
 	dls, err = f.cps.DeadLetters(t.Context(), f.db.Pool, "")
 	require.NoError(t, err)
 	require.Len(t, dls, 3)
-	require.Equal(t, []int64{2, 4, 5}, []int64{dls[0].ID, dls[1].ID, dls[2].ID})
+	require.Equal(t, []int64{2, 3, 4}, []int64{dls[0].ID, dls[1].ID, dls[2].ID})
 
 	r = f.cli(t, "dead-letters", "list")
 	requireOK(t, r)
