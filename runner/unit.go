@@ -237,9 +237,19 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 // filterEvents keeps the events of this unit's partition that the projection's filter lets
 // through.
 func (w *worker) filterEvents(evs []eventstore.PersistedEvent) []eventstore.PersistedEvent {
-	out := make([]eventstore.PersistedEvent, 0, len(evs))
-	for i := range evs {
-		if w.g.match.Match(&evs[i]) && w.mine(evs[i].AggregateID) {
+	keep := func(ev *eventstore.PersistedEvent) bool { return w.g.match.Match(ev) && w.mine(ev.AggregateID) }
+	// A shared page is read-only: the events that pass are copied out, unless all pass.
+	i := 0
+	for i < len(evs) && keep(&evs[i]) {
+		i++
+	}
+	if i == len(evs) {
+		return evs
+	}
+	out := make([]eventstore.PersistedEvent, i, len(evs))
+	copy(out, evs[:i])
+	for i++; i < len(evs); i++ {
+		if keep(&evs[i]) {
 			out = append(out, evs[i])
 		}
 	}

@@ -423,15 +423,23 @@ func scanEvents(rows pgx.Rows, sizeHint int) ([]eventstore.PersistedEvent, error
 	out := make([]eventstore.PersistedEvent, 0, sizeHint)
 	var causation, correlation, trace *string
 	var metadata []byte
+	// The event ID is scanned as 16 bytes (a uuid.UUID would go through its text form), and the
+	// aggregate and event types, which repeat, are read in place and shared between events.
+	var id pgtype.UUID
+	var aggregateType, eventType pgtype.DriverBytes
+	var types interner
 	for rows.Next() {
 		var ev eventstore.PersistedEvent
 		var version int32
 		metadata = nil
-		if err := rows.Scan(&ev.GlobalPosition, &ev.EventID, &ev.AggregateType, &ev.AggregateID,
-			&ev.AggregateVersion, &ev.EventType, &version, &ev.Payload, &metadata,
+		if err := rows.Scan(&ev.GlobalPosition, &id, &aggregateType, &ev.AggregateID,
+			&ev.AggregateVersion, &eventType, &version, &ev.Payload, &metadata,
 			&causation, &correlation, &trace, &ev.CreatedAt); err != nil {
 			return nil, err
 		}
+		ev.EventID = id.Bytes
+		ev.AggregateType = types.get(aggregateType)
+		ev.EventType = types.get(eventType)
 		ev.EventVersion = int(version)
 		if metadata != nil {
 			ev.Metadata = metadata
@@ -442,6 +450,26 @@ func scanEvents(rows pgx.Rows, sizeHint int) ([]eventstore.PersistedEvent, error
 		out = append(out, ev)
 	}
 	return out, rows.Err()
+}
+
+// interner returns one string per distinct value, for the few values that repeat across events.
+type interner map[string]string
+
+// internMax bounds an interner: beyond it, values are copied as they come.
+const internMax = 256
+
+func (m *interner) get(b []byte) string {
+	if s, ok := (*m)[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if *m == nil {
+		*m = make(interner)
+	}
+	if len(*m) < internMax {
+		(*m)[s] = s
+	}
+	return s
 }
 
 func deref(s *string) string {
