@@ -428,13 +428,17 @@ func scanEvents(rows pgx.Rows, sizeHint int) ([]eventstore.PersistedEvent, error
 	var id pgtype.UUID
 	var aggregateType, eventType pgtype.DriverBytes
 	var types interner
+	// One event and one list of scan targets for every row: a variable declared in the loop, or
+	// a list built per Scan call, would be a heap allocation per row.
+	var ev eventstore.PersistedEvent
+	var version int32
+	targets := []any{&ev.GlobalPosition, &id, &aggregateType, &ev.AggregateID,
+		&ev.AggregateVersion, &eventType, &version, &ev.Payload, &metadata,
+		&causation, &correlation, &trace, &ev.CreatedAt}
 	for rows.Next() {
-		var ev eventstore.PersistedEvent
-		var version int32
+		ev = eventstore.PersistedEvent{}
 		metadata = nil
-		if err := rows.Scan(&ev.GlobalPosition, &id, &aggregateType, &ev.AggregateID,
-			&ev.AggregateVersion, &eventType, &version, &ev.Payload, &metadata,
-			&causation, &correlation, &trace, &ev.CreatedAt); err != nil {
+		if err := rows.Scan(targets...); err != nil {
 			return nil, err
 		}
 		ev.EventID = id.Bytes
