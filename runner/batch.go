@@ -274,8 +274,11 @@ func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore
 }
 
 func (w *worker) callDetached(ctx context.Context, ev eventstore.PersistedEvent) (err error) {
-	ctx, end := w.startHandling(ctx, []eventstore.PersistedEvent{ev}, ev.GlobalPosition, ev.GlobalPosition)
-	defer func() { end(err) }()
+	if w.g.r.cfg.Hooks.Handling != nil {
+		var end func(error)
+		ctx, end = w.startHandling(ctx, []eventstore.PersistedEvent{ev}, ev.GlobalPosition, ev.GlobalPosition)
+		defer func() { end(err) }()
+	}
 	defer w.recoverHandler(&err)
 	if herr := w.g.detached.HandleEvent(ctx, ev); herr != nil {
 		return &handlerError{err: herr, retryable: retryable(herr, true)}
