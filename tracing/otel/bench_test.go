@@ -63,8 +63,10 @@ func BenchmarkTracing(b *testing.B) {
 		pgx.CopyFromRows(rows)); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, `VACUUM ANALYZE events; CREATE TABLE bench_counts (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`); err != nil {
-		b.Fatal(err)
+	for _, sql := range []string{`VACUUM ANALYZE events`, `CREATE TABLE bench_counts (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`} {
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			b.Fatal(err)
+		}
 	}
 	var head int64
 	if err := pool.QueryRow(ctx, `SELECT max(global_position) FROM events`).Scan(&head); err != nil {
@@ -157,5 +159,34 @@ func BenchmarkTracing(b *testing.B) {
 		traced := run(fmt.Sprintf("traced_%t", detached), detached, true)
 		b.ReportMetric(traced/plain, fmt.Sprintf("traced/untraced-%s", map[bool]string{false: "projection", true: "detached"}[detached]))
 		fmt.Printf("| %s | %.0f | %.0f | %.2f | %.0f | %.2f | %.2f |\n", kind, base, plain, plain/base, traced, traced/base, traced/plain)
+	}
+}
+
+// BenchmarkSpan measures the adapter alone (no database): one span for a detached event and one
+// for a batch of 500 events, SDK always sampling, batched to an exporter that drops the spans.
+func BenchmarkSpan(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	handling := eventlineotel.New(eventlineotel.Config{TracerProvider: tp}).Hooks().Handling
+	evs := make([]eventstore.PersistedEvent, 500)
+	for i := range evs {
+		evs[i] = eventstore.PersistedEvent{Event: eventstore.Event{EventID: uuid.Must(uuid.NewV7()), AggregateType: "bench",
+			AggregateID: strconv.Itoa(i), EventType: "Counted", TraceID: fmt.Sprintf("00-%032x-%016x-01", i/10+1, i/10+1)},
+			GlobalPosition: int64(i + 1)}
+	}
+	unit := runner.Unit{Projection: "p", Version: 1, Partitions: 1}
+	for _, c := range []struct {
+		name     string
+		detached bool
+		events   []eventstore.PersistedEvent
+	}{{"event", true, evs[:1]}, {"batch500", false, evs}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_, end := handling(context.Background(), runner.Handling{Unit: unit, Detached: c.detached, Events: c.events,
+					From: 0, To: c.events[len(c.events)-1].GlobalPosition, Attempt: 1})
+				end(runner.HandlingEnd{Outcome: runner.OutcomeOK})
+			}
+		})
 	}
 }

@@ -225,3 +225,23 @@ func TestCoreDoesNotImportOpenTelemetry(t *testing.T) {
 		require.False(t, strings.HasPrefix(dep, "go.opentelemetry.io/"), "a core package depends on %s", dep)
 	}
 }
+
+// Stored trace IDs that are neither a traceparent nor a trace ID give no link.
+func TestLinksOnlyForValidTraceIDs(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	tr := eventlineotel.New(eventlineotel.Config{TracerProvider: tp})
+	valid := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	var evs []eventstore.PersistedEvent
+	for i, id := range []string{valid, "not a trace", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", valid, ""} {
+		evs = append(evs, eventstore.PersistedEvent{Event: eventstore.Event{TraceID: id}, GlobalPosition: int64(i + 1)})
+	}
+	_, end := tr.Hooks().Handling(context.Background(), runner.Handling{Unit: runner.Unit{Projection: "p", Version: 1, Partitions: 1}, Events: evs, To: 5, Attempt: 1})
+	end(runner.HandlingEnd{Outcome: runner.OutcomeOK})
+	spans := exp.GetSpans()
+	require.Len(t, spans, 1)
+	require.Len(t, spans[0].Links, 1)
+	require.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", spans[0].Links[0].SpanContext.TraceID().String())
+	require.Equal(t, "00f067aa0ba902b7", spans[0].Links[0].SpanContext.SpanID().String())
+	require.True(t, spans[0].Links[0].SpanContext.IsSampled())
+}
