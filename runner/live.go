@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
 
 	"github.com/eventline/eventline/internal/checkpoint"
 )
@@ -58,6 +59,23 @@ func (r *Runner) liveStatus() (*checkpoint.NodeStatus, HeartbeatInfo) {
 	})
 	slices.SortFunc(info.Units, func(a, b UnitInfo) int { return strings.Compare(a.Unit.String(), b.Unit.String()) })
 	return st, info
+}
+
+// reportHeartbeat measures the lags of info and calls the Heartbeat hook with it; it skips the
+// call when the lags cannot be read within a heartbeat interval (the next heartbeat tries again),
+// rather than report them as 0.
+func (r *Runner) reportHeartbeat(ctx context.Context, db *pgx.Conn, info HeartbeatInfo) {
+	f := r.cfg.Hooks.Heartbeat
+	if f == nil || ctx.Err() != nil {
+		return
+	}
+	mctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval)
+	defer cancel()
+	if err := r.measureLag(mctx, db, &info); err != nil {
+		r.log.Debug("heartbeat hook: reading lags failed", zap.Error(err))
+		return
+	}
+	f(info)
 }
 
 // measureLag fills in the lag of the owned units of info that are behind its horizon, with one

@@ -183,12 +183,8 @@ func (c *coordinator) rebalance(ctx context.Context, self checkpoint.Node) error
 	if err != nil {
 		return err
 	}
-	if f := r.cfg.Hooks.Heartbeat; f != nil {
-		if err := r.measureLag(ctx, db, &info); err != nil {
-			return err
-		}
-		f(info)
-	}
+	// After the leases are renewed: reporting to the hook never delays or fails them.
+	defer r.reportHeartbeat(ctx, db, info)
 	if err := r.cps.ForgetNodes(ctx, db, 10*r.cfg.NodeTimeout); err != nil {
 		return err
 	}
