@@ -47,6 +47,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/internal/admin"
 )
 
@@ -63,13 +64,9 @@ const TokenHeader = "X-Eventline-Token"
 type Config struct {
 	// Pool is the database the console reads and acts on. Required.
 	Pool *pgxpool.Pool
-	// EventsTable, CheckpointsTable, DeadLettersTable, NodesTable and ProjectionsTable name the
-	// tables. Default to the migrations' defaults ("events", "eventline_checkpoints", ...).
-	EventsTable      string
-	CheckpointsTable string
-	DeadLettersTable string
-	NodesTable       string
-	ProjectionsTable string
+	// Names names the tables, as for the store and runners of the installation (a Store's
+	// Names()). Defaults to the zero eventline.Names: the default tables.
+	Names eventline.Names
 	// AllowActions lets the page pause, resume and rebuild projections and retry and discard
 	// dead letters. Defaults to false: read-only.
 	AllowActions bool
@@ -130,10 +127,7 @@ func New(cfg Config) (*Handler, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	adm, err := admin.New(admin.Config{
-		EventsTable: cfg.EventsTable, CheckpointsTable: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable,
-		NodesTable: cfg.NodesTable, ProjectionsTable: cfg.ProjectionsTable,
-	})
+	adm, err := admin.New(admin.Config{Names: cfg.Names})
 	if err != nil {
 		return nil, fmt.Errorf("console config: %w", err)
 	}

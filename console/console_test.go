@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/console"
 	"github.com/eventline/eventline/eventlinetest"
 )
@@ -85,7 +86,7 @@ func TestConfigValidation(t *testing.T) {
 		{"actions without token", console.Config{Pool: db.Pool, AllowActions: true}, "AllowActions needs a Token"},
 		{"poll too fast", console.Config{Pool: db.Pool, PollInterval: time.Millisecond}, "PollInterval"},
 		{"history shorter than a poll", console.Config{Pool: db.Pool, History: time.Second, PollInterval: 2 * time.Second}, "History"},
-		{"bad table name", console.Config{Pool: db.Pool, EventsTable: "a;b"}, "events table"},
+		{"bad table name", console.Config{Pool: db.Pool, Names: eventline.Names{EventsTable: "a;b"}}, "EventsTable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := console.New(tc.cfg)

@@ -118,7 +118,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{t: t, db: eventlinetest.NewDatabase(t), gate: &gate{}}
-	store := postgres.NewStore(postgres.DefaultStoreConfig())
+	store := postgres.NewStore(nil)
 	r, err := runner.New(f.db.Pool, store, runner.Config{
 		Logger: zaptest.NewLogger(t), PollInterval: 50 * time.Millisecond, HeartbeatInterval: 200 * time.Millisecond,
 		PersistIdle: 50 * time.Millisecond,

@@ -24,13 +24,13 @@
 //  3. A Docker engine: a postgres:15 container, removed at exit.
 //
 // Without any of them, the test binary fails with an error that says how to get one. Main then
-// migrates a template database (migrations.DefaultConfig), and NewDatabase gives each test a copy
+// migrates a template database (the default eventline.Names), and NewDatabase gives each test a copy
 // of it in a few milliseconds; tests may run in parallel. A failed test's database is kept until
 // the test binary exits, and the test's log says how to connect to it (set
 // EVENTLINE_PGTEST_KEEP=1 to keep a local cluster after the run too).
 //
 // The helpers that append events (Append, Apply) use a Store with the default configuration
-// (postgres.DefaultStoreConfig), whose tables NewDatabase has. They report failures with
+// (postgres.NewStore(nil): the default eventline.Names), whose tables NewDatabase has. They report failures with
 // t.Fatalf, so call them from the test's goroutine.
 package eventlinetest
 
@@ -195,7 +195,7 @@ func appendEvents(ctx context.Context, tx pgx.Tx, events []eventstore.Event) ([]
 	if len(events) == 0 {
 		return nil, nil
 	}
-	store := postgres.NewStore(postgres.DefaultStoreConfig())
+	store := postgres.NewStore(nil)
 	var positions []int64
 	for start := 0; start < len(events); {
 		end := start + 1

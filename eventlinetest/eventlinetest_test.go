@@ -269,7 +269,7 @@ func TestRunUntilCaughtUp(t *testing.T) {
 	appended := eventlinetest.Append(t, db.Pool, events...)
 	head := appended[len(appended)-1].GlobalPosition
 
-	r, err := runner.New(db.Pool, postgres.NewStore(postgres.DefaultStoreConfig()), runner.Config{PersistIdle: 10 * time.Millisecond})
+	r, err := runner.New(db.Pool, postgres.NewStore(nil), runner.Config{PersistIdle: 10 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, r.Register(counter(nil)))
 	n := &notifier{}
@@ -301,7 +301,7 @@ func TestRunUntilCaughtUpFailsTheTest(t *testing.T) {
 	appended := eventlinetest.Append(t, db.Pool,
 		eventlinetest.Event("account", "a-1", "Deposited", Deposited{Amount: 5}),
 		eventlinetest.Event("account", "a-1", "Deposited", Deposited{Amount: 7}))
-	store := postgres.NewStore(postgres.DefaultStoreConfig())
+	store := postgres.NewStore(nil)
 
 	r, err := runner.New(db.Pool, store, runner.Config{})
 	require.NoError(t, err)

@@ -58,7 +58,7 @@ func testBalances(t testing.TB) {
 	// Through a runner, as in production: append events, then run until everything has caught up.
 	db = eventlinetest.NewDatabase(t)
 	eventlinetest.Append(t, db.Pool, deposit("a-1", 5), deposit("a-2", 1), deposit("a-1", 7))
-	r, err := runner.New(db.Pool, postgres.NewStore(postgres.DefaultStoreConfig()), runner.Config{})
+	r, err := runner.New(db.Pool, postgres.NewStore(nil), runner.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,104 +22,45 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/internal/sqlname"
 )
 
 //go:embed sql/*.sql
 var sqlFiles embed.FS
 
-// Default table names.
-const (
-	EventsTableDefault         = "events"
-	AggregateHeadsTableDefault = "aggregate_heads"
-	CheckpointsTableDefault    = "eventline_checkpoints"
-	DeadLettersTableDefault    = "eventline_dead_letters"
-	NodesTableDefault          = "eventline_nodes"
-	ProjectionsTableDefault    = "eventline_projections"
-	MigrationsTableDefault     = "eventline_migrations"
-)
-
-// Config names the tables. Each name is a plain identifier, optionally schema-qualified
-// ("app.events"); the schema must exist.
-type Config struct {
-	// EventsTable holds the events. Defaults to "events".
-	EventsTable string
-	// AggregateHeadsTable holds each aggregate's current version. Defaults to "aggregate_heads".
-	AggregateHeadsTable string
-	// CheckpointsTable holds projection checkpoints. Defaults to "eventline_checkpoints".
-	CheckpointsTable string
-	// DeadLettersTable holds parked events. Defaults to "eventline_dead_letters".
-	DeadLettersTable string
-	// NodesTable lists the live runner processes. Defaults to "eventline_nodes".
-	NodesTable string
-	// ProjectionsTable holds one lifecycle record per projection (active version, partition
-	// layout, pause, rebuild requests). Defaults to "eventline_projections".
-	ProjectionsTable string
-	// MigrationsTable records which migrations ran, per events table.
-	// Defaults to "eventline_migrations".
-	MigrationsTable string
-}
-
-// DefaultConfig returns a Config with every default filled in.
-func DefaultConfig() Config { return Config{}.WithDefaults() }
-
-// WithDefaults returns c with empty names replaced by their defaults.
-func (c Config) WithDefaults() Config {
-	def := func(s *string, d string) {
-		if *s == "" {
-			*s = d
-		}
-	}
-	def(&c.EventsTable, EventsTableDefault)
-	def(&c.AggregateHeadsTable, AggregateHeadsTableDefault)
-	def(&c.CheckpointsTable, CheckpointsTableDefault)
-	def(&c.DeadLettersTable, DeadLettersTableDefault)
-	def(&c.NodesTable, NodesTableDefault)
-	def(&c.ProjectionsTable, ProjectionsTableDefault)
-	def(&c.MigrationsTable, MigrationsTableDefault)
-	return c
-}
-
-// names is c validated.
+// names is a Names validated and parsed.
 type names struct {
 	events, heads, checkpoints, deadLetters, nodes, projections, migrations sqlname.Name
 }
 
-func (c Config) validate() (names, error) {
-	c = c.WithDefaults()
-	var n names
-	var err error
-	for _, f := range []struct {
-		what string
-		val  string
-		dst  *sqlname.Name
-	}{
-		{"events table", c.EventsTable, &n.events},
-		{"aggregate heads table", c.AggregateHeadsTable, &n.heads},
-		{"checkpoints table", c.CheckpointsTable, &n.checkpoints},
-		{"dead letters table", c.DeadLettersTable, &n.deadLetters},
-		{"nodes table", c.NodesTable, &n.nodes},
-		{"projections table", c.ProjectionsTable, &n.projections},
-		{"migrations table", c.MigrationsTable, &n.migrations},
-	} {
-		if *f.dst, err = sqlname.Parse(f.what, f.val); err != nil {
-			return names{}, fmt.Errorf("migrations config: %w", err)
-		}
+func parse(n eventline.Names) (names, error) {
+	if err := n.Validate(); err != nil {
+		return names{}, fmt.Errorf("migrations: %w", err)
 	}
-	return n, nil
+	n = n.WithDefaults()
+	return names{
+		events:      sqlname.MustParse(n.EventsTable),
+		heads:       sqlname.MustParse(n.AggregateHeadsTable),
+		checkpoints: sqlname.MustParse(n.CheckpointsTable),
+		deadLetters: sqlname.MustParse(n.DeadLettersTable),
+		nodes:       sqlname.MustParse(n.NodesTable),
+		projections: sqlname.MustParse(n.ProjectionsTable),
+		migrations:  sqlname.MustParse(n.MigrationsTable),
+	}, nil
 }
 
-// Migration is one numbered SQL file, rendered for a Config.
+// Migration is one numbered SQL file, rendered for a Names.
 type Migration struct {
 	Version int
 	Name    string // file name, e.g. "0001_events.sql"
 	SQL     string
 }
 
-// Files returns every migration rendered for cfg, in order. Use it to feed your own migration
+// Files returns every migration rendered for names, in order. Use it to feed your own migration
 // tool; Apply does the same work itself.
-func Files(cfg Config) ([]Migration, error) {
-	n, err := cfg.validate()
+func Files(names eventline.Names) ([]Migration, error) {
+	n, err := parse(names)
 	if err != nil {
 		return nil, err
 	}
@@ -171,12 +112,12 @@ func Files(cfg Config) ([]Migration, error) {
 }
 
 // AppendFunc returns the name of the SQL function through which writers that are not Go append to
-// cfg's events table with Store.Append's guarantees (migration 0005; docs/design.md, "Raw SQL
+// names' events table with Store.Append's guarantees (migration 0005; docs/design.md, "Raw SQL
 // writers"), quoted and in the events table's schema: eventline_append_<events table>, e.g.
 // eventline_append_events. Each events table has its own, since it writes to that table and its
 // heads table; a name beyond PostgreSQL's 63 bytes is shortened, with a hash of the table's name.
-func AppendFunc(cfg Config) (string, error) {
-	n, err := cfg.validate()
+func AppendFunc(names eventline.Names) (string, error) {
+	n, err := parse(names)
 	if err != nil {
 		return "", err
 	}
@@ -194,11 +135,11 @@ func appendFunc(events sqlname.Name) string {
 	return events.Sibling(name)
 }
 
-// SQL returns all migrations for cfg as one script, each preceded by a comment with its name.
+// SQL returns all migrations for names as one script, each preceded by a comment with its name.
 // The script does not record what it applied; a database migrated this way should not also be
 // migrated with Apply.
-func SQL(cfg Config) (string, error) {
-	files, err := Files(cfg)
+func SQL(names eventline.Names) (string, error) {
+	files, err := Files(names)
 	if err != nil {
 		return "", err
 	}
@@ -217,15 +158,15 @@ type Beginner interface {
 // migrationLockKey serializes Apply across processes (pg_advisory_xact_lock).
 const migrationLockKey int64 = 0x6576_6e74_6c6d_6967 // "evntlmig"
 
-// Apply runs the migrations cfg's database has not had yet, in one transaction, holding an
+// Apply runs the migrations that names' events table has not had yet, in one transaction, holding an
 // advisory lock so that concurrent calls (from several processes starting at once) run them
 // once. It returns the versions it applied (none when the schema is current).
-func Apply(ctx context.Context, db Beginner, cfg Config) ([]int, error) {
-	n, err := cfg.validate()
+func Apply(ctx context.Context, db Beginner, names eventline.Names) ([]int, error) {
+	n, err := parse(names)
 	if err != nil {
 		return nil, err
 	}
-	files, err := Files(cfg)
+	files, err := Files(names)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/internal/sqlname"
@@ -82,7 +83,7 @@ func checkSchema(t *testing.T, s schema) {
 	require.Len(t, s.Triggers, 1)
 	require.Contains(t, s.Triggers[0], "eventline_append_lock:CREATE TRIGGER eventline_append_lock BEFORE INSERT ON public.events FOR EACH STATEMENT")
 	require.EqualValues(t, 1, s.SeqCache)
-	files, err := migrations.Files(migrations.DefaultConfig())
+	files, err := migrations.Files(eventline.Names{})
 	require.NoError(t, err)
 	require.EqualValues(t, len(files), s.AppliedRows)
 }
@@ -90,7 +91,7 @@ func checkSchema(t *testing.T, s schema) {
 // versions lists the versions of the embedded migrations, those before until (all with 0).
 func versions(t *testing.T, until int) []int {
 	t.Helper()
-	files, err := migrations.Files(migrations.DefaultConfig())
+	files, err := migrations.Files(eventline.Names{})
 	require.NoError(t, err)
 	var out []int
 	for _, m := range files {
@@ -105,14 +106,14 @@ func TestApplyTwice(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
 	db := pgtest.NewEmptyDatabase(t)
-	applied, err := migrations.Apply(ctx, db.Pool, migrations.DefaultConfig())
+	applied, err := migrations.Apply(ctx, db.Pool, eventline.Names{})
 	require.NoError(t, err)
 	require.Equal(t, versions(t, 0), applied)
 	require.Contains(t, applied, 4)
 	first := readSchema(t, db)
 	checkSchema(t, first)
 
-	applied, err = migrations.Apply(ctx, db.Pool, migrations.Config{})
+	applied, err = migrations.Apply(ctx, db.Pool, eventline.Names{})
 	require.NoError(t, err)
 	require.Empty(t, applied)
 	require.Equal(t, first, readSchema(t, db))
@@ -139,7 +140,7 @@ func TestApplyConcurrently(t *testing.T) {
 			}
 			defer pool.Close()
 			<-start
-			results[i], errs[i] = migrations.Apply(ctx, pool, migrations.DefaultConfig())
+			results[i], errs[i] = migrations.Apply(ctx, pool, eventline.Names{})
 		}()
 	}
 	close(start)
@@ -155,7 +156,7 @@ func TestApplyConcurrently(t *testing.T) {
 
 func TestCustomNamesAndSQL(t *testing.T) {
 	t.Parallel()
-	cfg := migrations.Config{EventsTable: "shop.Events", CheckpointsTable: "shop_checkpoints"}
+	cfg := eventline.Names{EventsTable: "shop.Events", CheckpointsTable: "shop_checkpoints"}
 	sql, err := migrations.SQL(cfg)
 	require.NoError(t, err)
 	require.Contains(t, sql, `CREATE TABLE "shop"."Events"`)
@@ -174,7 +175,7 @@ func TestCustomNamesAndSQL(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, versions(t, 0), applied)
 	// A second events table in the same database is migrated independently.
-	applied, err = migrations.Apply(ctx, db.Pool, migrations.Config{EventsTable: "other_events", AggregateHeadsTable: "other_heads",
+	applied, err = migrations.Apply(ctx, db.Pool, eventline.Names{EventsTable: "other_events", AggregateHeadsTable: "other_heads",
 		CheckpointsTable: "other_checkpoints", DeadLettersTable: "other_dead_letters", NodesTable: "other_nodes",
 		ProjectionsTable: "shop.projections"})
 	require.NoError(t, err)
@@ -185,7 +186,7 @@ func TestCustomNamesAndSQL(t *testing.T) {
 
 func TestInvalidNames(t *testing.T) {
 	t.Parallel()
-	for _, bad := range []migrations.Config{
+	for _, bad := range []eventline.Names{
 		{EventsTable: "events; DROP TABLE x"},
 		{AggregateHeadsTable: "a b"},
 		{CheckpointsTable: `x"y`},
@@ -209,7 +210,7 @@ func TestUpgradeToLifecycleRecords(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
 	db := pgtest.NewEmptyDatabase(t)
-	cfg := migrations.DefaultConfig()
+	cfg := eventline.Names{}.WithDefaults()
 	files, err := migrations.Files(cfg)
 	require.NoError(t, err)
 
@@ -349,17 +350,17 @@ func TestAppendFuncNames(t *testing.T) {
 		long1:             `"eventline_append_a234567890123456789012345678901234567_`,
 		"x.eventline_app": `"x"."eventline_append_eventline_app"`,
 	} {
-		name, err := migrations.AppendFunc(migrations.Config{EventsTable: cfg})
+		name, err := migrations.AppendFunc(eventline.Names{EventsTable: cfg})
 		require.NoError(t, err)
 		require.Contains(t, name, want, cfg)
 		table := name[strings.LastIndex(name, `."`)+1:]
 		require.LessOrEqual(t, len(table)-2, 63, "within PostgreSQL's identifier length: %s", name)
 	}
-	a, _ := migrations.AppendFunc(migrations.Config{EventsTable: "app." + long1})
-	b, _ := migrations.AppendFunc(migrations.Config{EventsTable: "app." + long2})
-	c, _ := migrations.AppendFunc(migrations.Config{EventsTable: long1})
+	a, _ := migrations.AppendFunc(eventline.Names{EventsTable: "app." + long1})
+	b, _ := migrations.AppendFunc(eventline.Names{EventsTable: "app." + long2})
+	c, _ := migrations.AppendFunc(eventline.Names{EventsTable: long1})
 	require.Len(t, map[string]bool{a: true, b: true, c: true}, 3, "shortened names stay distinct")
-	_, err := migrations.AppendFunc(migrations.Config{EventsTable: "no good"})
+	_, err := migrations.AppendFunc(eventline.Names{EventsTable: "no good"})
 	require.ErrorIs(t, err, sqlname.ErrInvalidName)
 }
 
@@ -369,12 +370,12 @@ func TestAppendFuncPerEventsTable(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
 	db := pgtest.NewDatabase(t) // the default tables
-	other := migrations.Config{EventsTable: "other_events", AggregateHeadsTable: "other_heads", CheckpointsTable: "other_checkpoints",
+	other := eventline.Names{EventsTable: "other_events", AggregateHeadsTable: "other_heads", CheckpointsTable: "other_checkpoints",
 		DeadLettersTable: "other_dead_letters", NodesTable: "other_nodes", ProjectionsTable: "other_projections"}
 	applied, err := migrations.Apply(ctx, db.Pool, other)
 	require.NoError(t, err)
 	require.Equal(t, versions(t, 0), applied)
-	for _, cfg := range []migrations.Config{migrations.DefaultConfig(), other.WithDefaults()} {
+	for _, cfg := range []eventline.Names{eventline.Names{}.WithDefaults(), other.WithDefaults()} {
 		fn, err := migrations.AppendFunc(cfg)
 		require.NoError(t, err)
 		var pos int64

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
@@ -301,7 +302,7 @@ func BenchmarkLiveTail(b *testing.B) {
 	d := time.Duration(envInt("EVENTLINE_BENCH_TAIL_SECONDS", 5)) * time.Second
 	ctx := context.Background()
 	db := pgtest.NewDatabase(b)
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("tail_events")))
+	store := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "tail_events"}})
 
 	rec := &latencyRecorder{seen: map[uuid.UUID]time.Time{}}
 	r, err := runner.New(db.Pool, store, runner.Config{})
@@ -385,7 +386,7 @@ func BenchmarkHoleRelease(b *testing.B) {
 	defer pool.Close()
 	db.Pool.Close() // replaced by the larger pool; the harness closes that one too
 	db.Pool = pool
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("hole_events")))
+	store := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "hole_events"}})
 
 	var mu sync.Mutex
 	type span struct {

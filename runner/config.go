@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/eventline/eventline/migrations"
 )
 
 // Defaults of Config.
@@ -26,26 +24,14 @@ const (
 	HeartbeatDefault       = time.Second
 	LeaseDefault           = 5 * time.Second
 	NodeTimeoutDefault     = 5 * time.Second
-	ControlChannelDefault  = "eventline_control"
-	ProgressChannelDefault = "eventline_progress"
 )
 
-// Config configures a Runner. The zero value is valid: every field has a default.
+// Config configures a Runner. The zero value is valid: every field has a default. The tables and
+// channels are not here: the runner takes them from its Store (postgres.StoreConfig.Names), so
+// that it works on the tables the store appends to.
 type Config struct {
 	// Logger receives the runner's logs. Defaults to discarding them (nil).
 	Logger *zap.Logger
-	// CheckpointsTable and DeadLettersTable name the runner's tables. Default to
-	// "eventline_checkpoints" and "eventline_dead_letters".
-	CheckpointsTable string
-	DeadLettersTable string
-	// NodesTable lists live runner processes. Defaults to "eventline_nodes".
-	NodesTable string
-	// ProjectionsTable holds the projections' lifecycle records. Defaults to
-	// "eventline_projections".
-	ProjectionsTable string
-	// NotifyChannel is LISTENed on for wake-ups. Defaults to the store's notify channel; with
-	// none, the runner polls every PollInterval.
-	NotifyChannel string
 	// BatchSize is the most events read in one page and handed to one Handle call; it bounds the
 	// runner's memory together with PageCache. Defaults to 500.
 	BatchSize int
@@ -91,13 +77,6 @@ type Config struct {
 	Lease time.Duration
 	// NodeTimeout: a process without a heartbeat for this long gets no new work. Defaults to 5s.
 	NodeTimeout time.Duration
-	// ControlChannel is the LISTEN/NOTIFY channel on which runner processes tell each other to
-	// rebalance now (one joined, one left). Defaults to "eventline_control".
-	ControlChannel string
-	// ProgressChannel is notified, with the projection's name, by every batch transaction that
-	// moves a checkpoint, so that read-your-writes waiters (Waiter, Runner.WaitApplied) wake on
-	// commit instead of polling. Defaults to "eventline_progress".
-	ProgressChannel string
 	// Hooks observe the runner (metrics, tests). Optional.
 	Hooks Hooks
 }
@@ -172,12 +151,9 @@ type BatchInfo struct {
 	Lag time.Duration
 }
 
-func (c Config) withDefaults(storeChannel string) Config {
+func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
-	}
-	if c.NotifyChannel == "" {
-		c.NotifyChannel = storeChannel
 	}
 	setInt := func(v *int, d int) {
 		if *v == 0 {
@@ -203,19 +179,6 @@ func (c Config) withDefaults(storeChannel string) Config {
 	setDur(&c.HeartbeatInterval, HeartbeatDefault)
 	setDur(&c.Lease, LeaseDefault)
 	setDur(&c.NodeTimeout, NodeTimeoutDefault)
-	setStr := func(v *string, d string) {
-		if *v == "" {
-			*v = d
-		}
-	}
-	setStr(&c.CheckpointsTable, migrations.CheckpointsTableDefault)
-	setStr(&c.DeadLettersTable, migrations.DeadLettersTableDefault)
-	setStr(&c.NodesTable, migrations.NodesTableDefault)
-	setStr(&c.ProjectionsTable, migrations.ProjectionsTableDefault)
-	if c.ControlChannel == "" {
-		c.ControlChannel = ControlChannelDefault
-	}
-	setStr(&c.ProgressChannel, ProgressChannelDefault)
 	return c
 }
 

@@ -15,12 +15,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/internal/sqlname"
-	"github.com/eventline/eventline/migrations"
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
 )
@@ -119,11 +119,11 @@ type harness struct {
 func newHarness(t *testing.T, notify bool) *harness {
 	db := pgtest.NewDatabase(t)
 	require.NoError(t, createApplied(context.Background(), db.Pool))
-	var opts []postgres.StoreOption
+	var names eventline.Names
 	if notify {
-		opts = append(opts, postgres.WithNotifyChannel("eventline_events"))
+		names.NotifyChannel = "eventline_events"
 	}
-	return &harness{t: t, db: db, store: postgres.NewStore(postgres.NewStoreConfig(opts...)),
+	return &harness{t: t, db: db, store: postgres.NewStore(&postgres.StoreConfig{Names: names}),
 		changed: make(chan struct{}), held: map[int64]bool{}}
 }
 
@@ -253,8 +253,8 @@ var errBoom = errors.New("boom")
 
 // lc returns a lifecycle store on the default tables, to read records and act as the CLI does.
 func (h *harness) lc() *lifecycle.Store {
-	return lifecycle.New(sqlname.MustParse(migrations.ProjectionsTableDefault), sqlname.MustParse(migrations.CheckpointsTableDefault),
-		sqlname.MustParse(migrations.DeadLettersTableDefault))
+	return lifecycle.New(sqlname.MustParse(eventline.ProjectionsTableDefault), sqlname.MustParse(eventline.CheckpointsTableDefault),
+		sqlname.MustParse(eventline.DeadLettersTableDefault))
 }
 
 // record reads a projection's lifecycle record (the zero Record before it exists).

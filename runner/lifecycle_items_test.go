@@ -794,7 +794,7 @@ func TestReadYourWrites(t *testing.T) {
 	h := newHarness(t, true)
 	p := newVProj("ryw", 1, 3)
 	r, _ := h.startProc(h.fastConfig(), p)
-	w, err := runner.NewWaiter(h.db.Pool, runner.WaiterConfig{})
+	w, err := runner.NewWaiter(h.db.Pool, h.store, runner.WaiterConfig{})
 	require.NoError(t, err)
 	wctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

@@ -150,8 +150,6 @@ func TestRegisterErrors(t *testing.T) {
 	require.NoError(t, r.Register(&recorder{name: "a"}))
 	require.ErrorIs(t, r.Register(&recorder{name: "a"}), runner.ErrDuplicateName)
 	require.Error(t, r.Register(&recorder{name: ""}))
-	_, err = runner.New(h.db.Pool, h.store, runner.Config{CheckpointsTable: "bad name"})
-	require.Error(t, err)
 	_, err = runner.New(h.db.Pool, h.store, runner.Config{BatchSize: -1})
 	require.ErrorContains(t, err, "BatchSize")
 }

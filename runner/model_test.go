@@ -37,6 +37,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/checkpoint"
@@ -204,7 +205,7 @@ func modelChildMain(url string) int {
 		return 1
 	}
 	defer pool.Close()
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("eventline_events")))
+	store := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "eventline_events"}})
 	r, err := runner.New(pool, store, tuneModel(runner.Config{Logger: zap.NewNop()}, batch))
 	if err == nil {
 		err = registerModel(r, pool, version, parts)

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/checkpoint"
@@ -74,7 +75,7 @@ func childMain(url string) int {
 		return 1
 	}
 	defer pool.Close()
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("eventline_events")))
+	store := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "eventline_events"}})
 	var r *runner.Runner
 	if name := os.Getenv(childCounterEnv); name != "" {
 		// Benchmark mode: one counting projection in n partitions.

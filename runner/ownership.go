@@ -345,7 +345,7 @@ func (r *Runner) notifyControl(ctx context.Context) {
 func (r *Runner) notifyControlOn(ctx context.Context, db interface {
 	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
 }) {
-	if _, err := db.Exec(ctx, `SELECT pg_notify($1, $2)`, r.cfg.ControlChannel, r.nodeID); err != nil && ctx.Err() == nil {
+	if _, err := db.Exec(ctx, `SELECT pg_notify($1, $2)`, r.names.ControlChannel, r.nodeID); err != nil && ctx.Err() == nil {
 		r.log.Debug("ownership: notify failed", zap.Error(err))
 	}
 }

@@ -46,6 +46,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/filter"
@@ -103,8 +104,9 @@ type Runner struct {
 	nodeID   string
 	control  chan struct{} // wakes the ownership coordinator
 	lagSQL   string
-	lagsSQL  string       // the lag of many positions at once, in their order (live.go)
-	events   sqlname.Name // the store's events table
+	lagsSQL  string          // the lag of many positions at once, in their order (live.go)
+	events   sqlname.Name    // the store's events table
+	names    eventline.Names // the store's, with defaults
 }
 
 // New returns a runner reading store's events table through pool.
@@ -112,45 +114,30 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 	if pool == nil || store == nil {
 		return nil, errors.New("runner: pool and store are required")
 	}
-	cfg = cfg.withDefaults(store.Config().NotifyChannel)
+	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	for _, ch := range []string{cfg.NotifyChannel, cfg.ControlChannel, cfg.ProgressChannel} {
-		if ch == "" {
-			continue
-		}
-		if err := sqlname.Channel(ch); err != nil {
-			return nil, fmt.Errorf("runner config: %w", err)
-		}
-	}
-	cps, err := checkpoint.New(checkpoint.Config{Table: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable,
-		NodesTable: cfg.NodesTable, ProjectionsTable: cfg.ProjectionsTable, ProgressChannel: cfg.ProgressChannel})
+	names := store.Names() // validated by the store, defaults filled in
+	cps, err := checkpoint.New(checkpoint.Config{Table: names.CheckpointsTable, DeadLettersTable: names.DeadLettersTable,
+		NodesTable: names.NodesTable, ProjectionsTable: names.ProjectionsTable, ProgressChannel: names.ProgressChannel})
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
 	}
-	names := map[string]sqlname.Name{}
-	for what, v := range map[string]string{"projections table": cfg.ProjectionsTable, "checkpoints table": cfg.CheckpointsTable,
-		"dead letters table": cfg.DeadLettersTable} {
-		if names[what], err = sqlname.Parse(what, v); err != nil {
-			return nil, fmt.Errorf("runner config: %w", err)
-		}
-	}
-	events, err := sqlname.Parse("events table", store.Config().EventsTable)
-	if err != nil {
-		return nil, fmt.Errorf("runner: %w", err)
-	}
+	events := sqlname.MustParse(names.EventsTable)
 	ev := events.Quoted()
 	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageCache)
 	pages.onRead = cfg.Hooks.PageRead
 	return &Runner{
-		pool:     pool,
-		store:    store,
-		events:   events,
-		cfg:      cfg,
-		log:      cfg.Logger.Named("runner"),
-		cps:      cps,
-		lc:       lifecycle.New(names["projections table"], names["checkpoints table"], names["dead letters table"]),
+		pool:   pool,
+		store:  store,
+		events: events,
+		names:  names,
+		cfg:    cfg,
+		log:    cfg.Logger.Named("runner"),
+		cps:    cps,
+		lc: lifecycle.New(sqlname.MustParse(names.ProjectionsTable), sqlname.MustParse(names.CheckpointsTable),
+			sqlname.MustParse(names.DeadLettersTable)),
 		byName:   map[string]*registration{},
 		workers:  map[checkpoint.Key]*worker{},
 		wake:     newBroadcast(),
@@ -505,11 +492,11 @@ func (r *Runner) listen(ctx context.Context) error {
 		},
 		ReconnectDelay: r.cfg.ReconnectDelay,
 	}
-	if r.cfg.NotifyChannel != "" {
-		l.Handle(r.cfg.NotifyChannel, wakeHandler{r})
+	if r.names.NotifyChannel != "" {
+		l.Handle(r.names.NotifyChannel, wakeHandler{r})
 	}
-	l.Handle(r.cfg.ControlChannel, controlHandler{r})
-	l.Handle(r.cfg.ProgressChannel, progressHandler{r.progress})
+	l.Handle(r.names.ControlChannel, controlHandler{r})
+	l.Handle(r.names.ProgressChannel, progressHandler{r.progress})
 	if err := l.Listen(ctx); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("runner: listen: %w", err)
 	}
@@ -529,7 +516,7 @@ func (h controlHandler) HandleNotification(_ context.Context, n *pgconn.Notifica
 }
 
 func (h controlHandler) HandleBacklog(_ context.Context, _ string, conn *pgx.Conn) error {
-	if h.r.cfg.NotifyChannel == "" {
+	if h.r.names.NotifyChannel == "" {
 		if f := h.r.cfg.Hooks.ListenerConnected; f != nil {
 			f(conn.PgConn().PID())
 		}

@@ -12,10 +12,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgxlisten"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
-	"github.com/eventline/eventline/migrations"
 	"github.com/eventline/eventline/projector"
 )
 
@@ -31,13 +32,9 @@ const recheckInterval = time.Second
 // ErrWaiterNotRunning: Wait was called on a Waiter whose Run is not running.
 var ErrWaiterNotRunning = errors.New("runner: waiter is not running (call Run first)")
 
-// WaiterConfig configures a Waiter. The zero value is valid: every field has a default.
+// WaiterConfig configures a Waiter. The zero value is valid: every field has a default. Like a
+// Runner, a Waiter takes its tables and channel from the Store it is given.
 type WaiterConfig struct {
-	// ProjectionsTable and CheckpointsTable name the runner's tables. Default to
-	// "eventline_projections" and "eventline_checkpoints".
-	ProjectionsTable, CheckpointsTable string
-	// ProgressChannel is the runners' Config.ProgressChannel. Defaults to "eventline_progress".
-	ProgressChannel string
 	// ReconnectDelay is how long the listener waits before reconnecting. Defaults to 1s.
 	ReconnectDelay time.Duration
 }
@@ -48,36 +45,27 @@ type WaiterConfig struct {
 type Waiter struct {
 	pool     *pgxpool.Pool
 	cfg      WaiterConfig
+	channel  string // the progress channel
 	progress *broadcast
 	checker  appliedChecker
 	running  atomic.Bool
 }
 
-// NewWaiter returns a Waiter on pool's database.
-func NewWaiter(pool *pgxpool.Pool, cfg WaiterConfig) (*Waiter, error) {
-	if pool == nil {
-		return nil, errors.New("runner: waiter: pool is required")
-	}
-	if cfg.ProgressChannel == "" {
-		cfg.ProgressChannel = ProgressChannelDefault
-	}
-	if cfg.ProjectionsTable == "" {
-		cfg.ProjectionsTable = migrations.ProjectionsTableDefault
-	}
-	if cfg.CheckpointsTable == "" {
-		cfg.CheckpointsTable = migrations.CheckpointsTableDefault
+// NewWaiter returns a Waiter on pool's database, for the projections of the runners built on the
+// same tables as store (store.Names()).
+func NewWaiter(pool *pgxpool.Pool, store *postgres.Store, cfg WaiterConfig) (*Waiter, error) {
+	if pool == nil || store == nil {
+		return nil, errors.New("runner: waiter: pool and store are required")
 	}
 	if cfg.ReconnectDelay == 0 {
 		cfg.ReconnectDelay = ReconnectDelayDefault
 	}
-	if err := sqlname.Channel(cfg.ProgressChannel); err != nil {
-		return nil, fmt.Errorf("runner: waiter config: %w", err)
+	if cfg.ReconnectDelay < 0 {
+		return nil, errors.New("runner: waiter config: invalid ReconnectDelay")
 	}
-	checker, err := newAppliedChecker(cfg.ProjectionsTable, cfg.CheckpointsTable)
-	if err != nil {
-		return nil, err
-	}
-	return &Waiter{pool: pool, cfg: cfg, progress: newBroadcast(), checker: checker}, nil
+	names := store.Names()
+	return &Waiter{pool: pool, cfg: cfg, channel: names.ProgressChannel, progress: newBroadcast(),
+		checker: newAppliedChecker(names)}, nil
 }
 
 // Run listens for progress notifications until ctx ends; it returns nil then.
@@ -91,7 +79,7 @@ func (w *Waiter) Run(ctx context.Context) error {
 		},
 		ReconnectDelay: w.cfg.ReconnectDelay,
 	}
-	l.Handle(w.cfg.ProgressChannel, progressHandler{w.progress})
+	l.Handle(w.channel, progressHandler{w.progress})
 	if err := l.Listen(ctx); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("runner: waiter: listen: %w", err)
 	}
@@ -111,11 +99,7 @@ func (w *Waiter) Wait(ctx context.Context, projection string, position int64, ag
 
 // WaitApplied is Waiter.Wait on the runner's own listener: it needs Run to be running.
 func (r *Runner) WaitApplied(ctx context.Context, projection string, position int64, aggregateID string) error {
-	checker, err := newAppliedChecker(r.cfg.ProjectionsTable, r.cfg.CheckpointsTable)
-	if err != nil {
-		return err
-	}
-	return waitApplied(ctx, r.pool, r.progress, checker, projection, position, aggregateID)
+	return waitApplied(ctx, r.pool, r.progress, newAppliedChecker(r.names), projection, position, aggregateID)
 }
 
 func waitApplied(ctx context.Context, db eventstore.DBTX, progress *broadcast, checker appliedChecker,
@@ -144,17 +128,11 @@ type appliedChecker struct {
 	checkpoints string
 }
 
-func newAppliedChecker(projections, checkpoints string) (appliedChecker, error) {
-	p, err := sqlname.Parse("projections table", projections)
-	if err != nil {
-		return appliedChecker{}, fmt.Errorf("runner: %w", err)
-	}
-	c, err := sqlname.Parse("checkpoints table", checkpoints)
-	if err != nil {
-		return appliedChecker{}, fmt.Errorf("runner: %w", err)
-	}
-	// The dead letters table is not used by the reads below.
-	return appliedChecker{lc: lifecycle.New(p, c, sqlname.MustParse(migrations.DeadLettersTableDefault)), checkpoints: c.Quoted()}, nil
+// newAppliedChecker reads names' tables; names are valid, with defaults (a Store's).
+func newAppliedChecker(names eventline.Names) appliedChecker {
+	c := sqlname.MustParse(names.CheckpointsTable)
+	lc := lifecycle.New(sqlname.MustParse(names.ProjectionsTable), c, sqlname.MustParse(names.DeadLettersTable))
+	return appliedChecker{lc: lc, checkpoints: c.Quoted()}
 }
 
 func (c appliedChecker) applied(ctx context.Context, db eventstore.DBTX, projection string, position int64, aggregateID string) (bool, error) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
@@ -41,7 +42,7 @@ func BenchmarkReadYourWrites(b *testing.B) {
 	d := time.Duration(envInt("EVENTLINE_BENCH_TAIL_SECONDS", 5)) * time.Second
 	ctx := context.Background()
 	db := pgtest.NewDatabase(b)
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("ryw_events")))
+	store := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "ryw_events"}})
 	r, err := runner.New(db.Pool, store, runner.Config{})
 	if err != nil {
 		b.Fatal(err)
@@ -49,7 +50,7 @@ func BenchmarkReadYourWrites(b *testing.B) {
 	if err := r.Register(balancesRYW{}); err != nil {
 		b.Fatal(err)
 	}
-	w, err := runner.NewWaiter(db.Pool, runner.WaiterConfig{})
+	w, err := runner.NewWaiter(db.Pool, store, runner.WaiterConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}

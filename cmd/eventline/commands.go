@@ -24,19 +24,17 @@ With --print it writes the SQL of every migration to stdout instead, without con
 teams that run their own migration tool. That script does not record what it applied: do not
 also migrate a database set up from it with 'eventline migrate'.`)
 	printSQL := c.Bool("print", false, "write the SQL to stdout instead of applying it (needs no database)")
-	heads := c.String("aggregate-heads-table", migrations.AggregateHeadsTableDefault, "aggregate heads table `name`")
-	migs := c.String("migrations-table", migrations.MigrationsTableDefault, "table recording the applied migrations (`name`)")
+	// Only migrate touches these two tables; they map onto the same eventline.Names as the global
+	// table flags.
+	n := &a.g.names
+	c.StringVar(&n.AggregateHeadsTable, "aggregate-heads-table", n.AggregateHeadsTable, "aggregate heads table `name`")
+	c.StringVar(&n.MigrationsTable, "migrations-table", n.MigrationsTable, "table recording the applied migrations (`name`)")
 	if err := a.parse(c, args); err != nil {
 		return err
 	}
-	cfg := migrations.Config{
-		EventsTable:         a.g.events,
-		AggregateHeadsTable: *heads,
-		CheckpointsTable:    a.g.checkpoints,
-		DeadLettersTable:    a.g.deadLetters,
-		NodesTable:          a.g.nodes,
-		ProjectionsTable:    a.g.projections,
-		MigrationsTable:     *migs,
+	cfg, err := a.names()
+	if err != nil {
+		return err
 	}
 	files, err := migrations.Files(cfg) // validates the names before anything else
 	if err != nil {

@@ -15,11 +15,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/internal/admin"
 	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
-	"github.com/eventline/eventline/internal/sqlname"
-	"github.com/eventline/eventline/migrations"
 )
 
 // Exit codes (see the package doc).
@@ -80,21 +79,13 @@ func isTerminal(w io.Writer) bool {
 // globals are the flags every command takes.
 type globals struct {
 	databaseURL string
-	events      string
-	checkpoints string
-	deadLetters string
-	nodes       string
-	projections string
+	// names holds the --*-table flags: the table flags map onto the fields of eventline.Names
+	// (--checkpoints-table is CheckpointsTable), the same value the store and the runners take.
+	names eventline.Names
 }
 
 func defaultGlobals() globals {
-	return globals{
-		events:      migrations.EventsTableDefault,
-		checkpoints: migrations.CheckpointsTableDefault,
-		deadLetters: migrations.DeadLettersTableDefault,
-		nodes:       migrations.NodesTableDefault,
-		projections: migrations.ProjectionsTableDefault,
-	}
+	return globals{names: eventline.Names{}.WithDefaults()}
 }
 
 var globalFlagNames = map[string]bool{
@@ -107,11 +98,12 @@ var globalFlagNames = map[string]bool{
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.databaseURL, "database-url", g.databaseURL,
 		"PostgreSQL connection `URL` or key=value string (default $DATABASE_URL)")
-	fs.StringVar(&g.events, "events-table", g.events, "events table `name`")
-	fs.StringVar(&g.checkpoints, "checkpoints-table", g.checkpoints, "checkpoints table `name`")
-	fs.StringVar(&g.deadLetters, "dead-letters-table", g.deadLetters, "dead letters table `name`")
-	fs.StringVar(&g.nodes, "nodes-table", g.nodes, "runner nodes table `name`")
-	fs.StringVar(&g.projections, "projections-table", g.projections, "projection lifecycle records table `name`")
+	n := &g.names
+	fs.StringVar(&n.EventsTable, "events-table", n.EventsTable, "events table `name`")
+	fs.StringVar(&n.CheckpointsTable, "checkpoints-table", n.CheckpointsTable, "checkpoints table `name`")
+	fs.StringVar(&n.DeadLettersTable, "dead-letters-table", n.DeadLettersTable, "dead letters table `name`")
+	fs.StringVar(&n.NodesTable, "nodes-table", n.NodesTable, "runner nodes table `name`")
+	fs.StringVar(&n.ProjectionsTable, "projections-table", n.ProjectionsTable, "projection lifecycle records table `name`")
 }
 
 // usageError is a mistake on the command line: exit code 2.
@@ -152,7 +144,7 @@ func (a *app) report(err error) int {
 		return exitUsage
 	}
 	switch {
-	case errors.Is(err, sqlname.ErrInvalidName):
+	case errors.Is(err, eventline.ErrInvalidName):
 		return exitUsage
 	case errors.Is(err, checkpoint.ErrNotFound), errors.Is(err, lifecycle.ErrNotFound):
 		return exitNotFound
@@ -353,13 +345,34 @@ func (a *app) databaseURL(cmd string) (string, error) {
 	return "", usageErrorf(cmd, "no database: set --database-url or DATABASE_URL")
 }
 
+// tableFlags maps the fields of eventline.Names to the flags that set them.
+var tableFlags = map[string]string{
+	"EventsTable": "events-table", "AggregateHeadsTable": "aggregate-heads-table", "CheckpointsTable": "checkpoints-table",
+	"DeadLettersTable": "dead-letters-table", "NodesTable": "nodes-table", "ProjectionsTable": "projections-table",
+	"MigrationsTable": "migrations-table",
+}
+
+// names returns the table flags as eventline.Names, validated; an invalid one is a usage error
+// that names its flag.
+func (a *app) names() (eventline.Names, error) {
+	if err := a.g.names.Validate(); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "eventline names: ")
+		for field, flag := range tableFlags {
+			msg = strings.ReplaceAll(msg, field, "--"+flag)
+		}
+		return eventline.Names{}, usageErrorf("", "%s", msg)
+	}
+	return a.g.names, nil
+}
+
 // tables validates the table names of the global flags and returns the operator's reads and
 // actions on them (without a connection).
 func (a *app) tables() (*dbConn, error) {
-	adm, err := admin.New(admin.Config{
-		EventsTable: a.g.events, CheckpointsTable: a.g.checkpoints, DeadLettersTable: a.g.deadLetters,
-		NodesTable: a.g.nodes, ProjectionsTable: a.g.projections, IdleWait: a.idleWait, Now: a.now,
-	})
+	names, err := a.names()
+	if err != nil {
+		return nil, err
+	}
+	adm, err := admin.New(admin.Config{Names: names, IdleWait: a.idleWait, Now: a.now})
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/checkpoint"
@@ -100,8 +102,8 @@ const longError = "apply Placed to totals: ERROR: duplicate key value violates u
 
 func newLifecycle(t *testing.T) *lifecycle.Store {
 	t.Helper()
-	return lifecycle.New(sqlname.MustParse(migrations.ProjectionsTableDefault),
-		sqlname.MustParse(migrations.CheckpointsTableDefault), sqlname.MustParse(migrations.DeadLettersTableDefault))
+	return lifecycle.New(sqlname.MustParse(eventline.ProjectionsTableDefault),
+		sqlname.MustParse(eventline.CheckpointsTableDefault), sqlname.MustParse(eventline.DeadLettersTableDefault))
 }
 
 // newFixture creates:
@@ -611,7 +613,7 @@ func TestMigrate(t *testing.T) {
 
 	r = cli(t, time.Time{}, "--database-url", db.URL, "migrate")
 	requireOK(t, r)
-	files, err := migrations.Files(migrations.DefaultConfig())
+	files, err := migrations.Files(eventline.Names{})
 	require.NoError(t, err)
 	var want strings.Builder
 	for _, m := range files {
@@ -661,6 +663,37 @@ func TestMigrateCustomTables(t *testing.T) {
 	r = cli(t, time.Now(), append(flags, "status")...)
 	requireOK(t, r)
 	require.Contains(t, r.stdout, "\np: paused\n")
+}
+
+// Every table of eventline.Names has a flag that sets that field: the global flags, and the two
+// tables only migrate touches. A table added to Names without a flag fails here.
+func TestTableFlagsCoverNames(t *testing.T) {
+	t.Parallel()
+	g := defaultGlobals()
+	require.Equal(t, eventline.Names{}.WithDefaults(), g.names, "the flags' defaults are Names' defaults")
+	fs := flag.NewFlagSet("eventline", flag.ContinueOnError)
+	g.register(fs)
+	migrateOnly := map[string]bool{"aggregate-heads-table": true, "migrations-table": true}
+	var args []string
+	defaults := eventline.Names{}.WithDefaults()
+	want := reflect.ValueOf(&defaults).Elem()
+	for i := range want.NumField() {
+		field := want.Type().Field(i).Name
+		if !strings.HasSuffix(field, "Table") {
+			continue
+		}
+		name, ok := tableFlags[field]
+		require.True(t, ok, "Names.%s has no flag", field)
+		if migrateOnly[name] {
+			continue
+		}
+		require.NotNil(t, fs.Lookup(name), "--%s is not a global flag", name)
+		args = append(args, "--"+name, "t_"+field)
+		want.Field(i).SetString("t_" + field)
+	}
+	require.NoError(t, fs.Parse(args))
+	require.Equal(t, defaults, g.names, "each flag sets its field")
+	require.Len(t, tableFlags, len(args)/2+len(migrateOnly))
 }
 
 func TestMigratePrint(t *testing.T) {
@@ -743,13 +776,15 @@ func TestExitCodes(t *testing.T) {
 		{"missing dead letter command", env, []string{"dead-letters"}, exitUsage, "eventline: dead-letters: missing command"},
 		{"unknown dead letter command", env, []string{"dead-letters", "purge"}, exitUsage, "eventline: dead-letters: unknown command \"purge\""},
 		{"bad dead letter ID", env, []string{"dead-letters", "retry", "x1"}, exitUsage, "eventline: dead-letters retry: invalid dead letter ID \"x1\""},
-		{"invalid table name", env, []string{"--events-table", "bad-name", "status"}, exitUsage, "eventline: invalid SQL name: events table \"bad-name\""},
-		{"invalid table name in migrate", noEnv, []string{"--nodes-table", "a.b.c", "migrate", "--print"}, exitUsage, "eventline: migrations config: invalid SQL name: nodes table"},
+		{"invalid table name", env, []string{"--events-table", "bad-name", "status"}, exitUsage, "eventline: invalid SQL name: --events-table \"bad-name\""},
+		{"invalid table name in migrate", noEnv, []string{"--nodes-table", "a.b.c", "migrate", "--print"}, exitUsage, "eventline: invalid SQL name: --nodes-table \"a.b.c\""},
 		{"unknown projection", env, []string{"rebuild", "nope"}, exitNotFound, "eventline: rebuild nope: no such projection (no runner has registered it yet)\n"},
 		{"unknown projection to pause", env, []string{"pause", "nope"}, exitNotFound, "eventline: pause nope: no such projection"},
 		{"unknown dead letter", env, []string{"dead-letters", "discard", "42"}, exitNotFound, "eventline: dead letter 42 not found\n"},
 		{"unknown dead letter to retry", env, []string{"dead-letters", "retry", "42"}, exitNotFound, "eventline: dead letter 42 not found\n"},
-		{"invalid projections table name", env, []string{"--projections-table", "a b", "pause", "x"}, exitUsage, "eventline: checkpoint config: invalid SQL name: projections table"},
+		{"invalid projections table name", env, []string{"--projections-table", "a b", "pause", "x"}, exitUsage, "eventline: invalid SQL name: --projections-table \"a b\""},
+		{"two tables one name", noEnv, []string{"--nodes-table", "t", "migrate", "--print", "--migrations-table", "t"}, exitUsage,
+			"eventline: invalid SQL name: --nodes-table and --migrations-table are both \"t\""},
 		{"unreachable database", noEnv, []string{"--database-url", closed, "status"}, exitError, "eventline: connect: "},
 		{"success", env, []string{"status"}, exitOK, ""},
 	} {

@@ -75,9 +75,7 @@ localhost or a loopback IP, so that a web page cannot reach it through a DNS nam
 	}
 	defer pool.Close()
 	h, err := console.New(console.Config{
-		Pool: pool, EventsTable: a.g.events, CheckpointsTable: a.g.checkpoints, DeadLettersTable: a.g.deadLetters,
-		NodesTable: a.g.nodes, ProjectionsTable: a.g.projections, AllowActions: *allow, Token: *token,
-		PollInterval: *poll, Logger: a.logger(),
+		Pool: pool, Names: a.g.names, AllowActions: *allow, Token: *token, PollInterval: *poll, Logger: a.logger(),
 	})
 	if err != nil {
 		return usageErrorf(c.name, "ui: %v", err)

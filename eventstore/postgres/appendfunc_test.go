@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/horizon"
@@ -63,7 +64,7 @@ func headOf(t *testing.T, db *pgtest.Database, aggType, aggID string) int64 {
 
 func TestAppendFuncName(t *testing.T) {
 	t.Parallel()
-	name, err := migrations.AppendFunc(migrations.DefaultConfig())
+	name, err := migrations.AppendFunc(eventline.Names{})
 	require.NoError(t, err)
 	require.Equal(t, `"eventline_append_events"`, name, "the name callAppendFunc uses")
 }

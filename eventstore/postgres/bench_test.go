@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
@@ -47,7 +48,7 @@ func BenchmarkAppend(b *testing.B) {
 		b.Fatal(err)
 	}
 	plain := postgres.NewStore(nil)
-	notifying := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("bench_events")))
+	notifying := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "bench_events"}})
 
 	type result struct{ store, baseline float64 }
 	var lines []string

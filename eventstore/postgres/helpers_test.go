@@ -8,5 +8,5 @@ import (
 )
 
 func migrationsApply(ctx context.Context, db migrations.Beginner, cfg *postgres.StoreConfig) ([]int, error) {
-	return migrations.Apply(ctx, db, cfg.MigrationsConfig())
+	return migrations.Apply(ctx, db, cfg.Names)
 }

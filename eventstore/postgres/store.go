@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/sqlname"
 )
@@ -45,25 +46,36 @@ var (
 	_ eventstore.AggregateStreamReader = (*Store)(nil)
 )
 
-// NewStore returns a Store for cfg (nil means DefaultStoreConfig()). It panics when cfg.Validate
-// fails, since table and channel names are part of the program; validate names that come from
-// outside with cfg.Validate first.
+// New returns a Store for cfg, or cfg's validation error (which names the bad field).
+func New(cfg StoreConfig) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Names = cfg.Names.WithDefaults()
+	s := &Store{cfg: cfg}
+	s.events = sqlname.MustParse(cfg.Names.EventsTable)
+	s.heads = sqlname.MustParse(cfg.Names.AggregateHeadsTable)
+	s.buildSQL()
+	return s, nil
+}
+
+// NewStore is New for configurations that are part of the program: nil means the zero
+// StoreConfig, and an invalid cfg panics (with New's error). Use New when names come from outside
+// the program (flags, environment).
 func NewStore(cfg *StoreConfig) *Store {
 	if cfg == nil {
-		cfg = DefaultStoreConfig()
+		cfg = &StoreConfig{}
 	}
-	if err := cfg.Validate(); err != nil {
+	s, err := New(*cfg)
+	if err != nil {
 		panic(err)
 	}
-	s := &Store{cfg: *cfg}
-	s.events, _ = sqlname.Parse("events table", cfg.EventsTable)
-	s.heads, _ = sqlname.Parse("aggregate heads table", cfg.AggregateHeadsTable)
-	s.buildSQL()
 	return s
 }
 
-// Config returns a copy of the store's configuration.
-func (s *Store) Config() StoreConfig { return s.cfg }
+// Names returns the store's names with their defaults filled in: pass them to migrations.Apply,
+// and to anything else that must find the same tables.
+func (s *Store) Names() eventline.Names { return s.cfg.Names }
 
 // eventColumns is the column list every read selects, in the order scanEvent expects.
 const eventColumns = `global_position, event_id, aggregate_type, aggregate_id, aggregate_version,
@@ -97,7 +109,7 @@ SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_vers
 		class + `, (min(global_position) & 4294967295)::bit(32)::integer)::text END`
 	withInsert := func(head, channelParam string) string {
 		q := head + insert
-		if s.cfg.NotifyChannel != "" {
+		if s.cfg.Names.NotifyChannel != "" {
 			q += `, pg_notify(` + channelParam + `, max(global_position)::text)::text`
 		} else {
 			q += `, NULL::text`
@@ -250,8 +262,8 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 	if kind == 2 {
 		args = append(args, expectedVersion)
 	}
-	if s.cfg.NotifyChannel != "" {
-		args = append(args, s.cfg.NotifyChannel)
+	if s.cfg.Names.NotifyChannel != "" {
+		args = append(args, s.cfg.Names.NotifyChannel)
 	}
 	query := s.appendSQL(tmpl, kind, n)
 

@@ -13,10 +13,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
-	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/projector"
 )
 
@@ -50,7 +50,7 @@ func TestAppendAndRead(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
 	db := pgtest.NewDatabase(t)
-	store := postgres.NewStore(postgres.DefaultStoreConfig())
+	store := postgres.NewStore(nil)
 
 	id := uuid.New()
 	created := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -399,29 +399,42 @@ func TestDuplicateEventIDIsNotAVersionConflict(t *testing.T) {
 
 func TestInvalidNames(t *testing.T) {
 	t.Parallel()
-	for _, opt := range []postgres.StoreOption{
-		postgres.WithEventsTable("events; DROP TABLE users"),
-		postgres.WithEventsTable(""),
-		postgres.WithEventsTable("1events"),
-		postgres.WithEventsTable("a.b.c"),
-		postgres.WithEventsTable(`ev"ents`),
-		postgres.WithAggregateHeadsTable("heads-table"),
-		postgres.WithNotifyChannel("new events"),
-		postgres.WithNotifyChannel("x123456789012345678901234567890123456789012345678901234567890abcd"),
+	for _, c := range []struct {
+		names eventline.Names
+		field string // the error names it
+	}{
+		{eventline.Names{EventsTable: "events; DROP TABLE users"}, "EventsTable"},
+		{eventline.Names{EventsTable: "1events"}, "EventsTable"},
+		{eventline.Names{EventsTable: "a.b.c"}, "EventsTable"},
+		{eventline.Names{EventsTable: `ev"ents`}, "EventsTable"},
+		{eventline.Names{AggregateHeadsTable: "heads-table"}, "AggregateHeadsTable"},
+		{eventline.Names{CheckpointsTable: "check points"}, "CheckpointsTable"},
+		{eventline.Names{NotifyChannel: "new events"}, "NotifyChannel"},
+		{eventline.Names{NotifyChannel: "x123456789012345678901234567890123456789012345678901234567890abcd"}, "NotifyChannel"},
+		{eventline.Names{AggregateHeadsTable: "events"}, "AggregateHeadsTable"},
 	} {
-		cfg := postgres.NewStoreConfig(opt)
+		cfg := postgres.StoreConfig{Names: c.names}
 		err := cfg.Validate()
-		require.ErrorIs(t, err, sqlname.ErrInvalidName)
-		require.Panics(t, func() { postgres.NewStore(cfg) })
+		require.ErrorIs(t, err, eventline.ErrInvalidName)
+		require.ErrorContains(t, err, c.field)
+		store, nerr := postgres.New(cfg)
+		require.Nil(t, store)
+		require.Equal(t, err, nerr, "New returns Validate's error")
+		require.PanicsWithError(t, err.Error(), func() { postgres.NewStore(&cfg) })
 	}
-	require.NoError(t, postgres.NewStoreConfig(postgres.WithEventsTable("app.events"), postgres.WithNotifyChannel("Events_1")).Validate())
+	require.NoError(t, postgres.StoreConfig{Names: eventline.Names{EventsTable: "app.events", NotifyChannel: "Events_1"}}.Validate())
+	// The zero value and nil are the defaults.
+	require.Equal(t, eventline.Names{}.WithDefaults(), postgres.NewStore(nil).Names())
+	store, err := postgres.New(postgres.StoreConfig{})
+	require.NoError(t, err)
+	require.Equal(t, eventline.EventsTableDefault, store.Names().EventsTable)
 }
 
 func TestNotifyOnCommitOnly(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
 	db := pgtest.NewDatabase(t)
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("Events_Here")))
+	store := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "Events_Here"}})
 	listener := db.Conn(t)
 	_, err := listener.Exec(ctx, `LISTEN `+pgx.Identifier{"Events_Here"}.Sanitize())
 	require.NoError(t, err)
@@ -462,7 +475,7 @@ func TestCustomTableNames(t *testing.T) {
 	db := pgtest.NewEmptyDatabase(t)
 	_, err := db.Pool.Exec(ctx, `CREATE SCHEMA app`)
 	require.NoError(t, err)
-	cfg := postgres.NewStoreConfig(postgres.WithEventsTable("app.Ledger_Events"), postgres.WithAggregateHeadsTable("app.ledger_heads"))
+	cfg := &postgres.StoreConfig{Names: eventline.Names{EventsTable: "app.Ledger_Events", AggregateHeadsTable: "app.ledger_heads"}}
 	_, err = migrationsApply(ctx, db.Pool, cfg)
 	require.NoError(t, err)
 	store := postgres.NewStore(cfg)
@@ -480,7 +493,7 @@ func TestLargeAndSmallBatches(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
 	db := pgtest.NewDatabase(t)
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("big")))
+	store := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "big"}})
 	for _, n := range []int{1, 31, 32, 33, 250} {
 		evs := newEvents("batch", fmt.Sprint(n), n)
 		for i := range evs {
@@ -584,7 +597,7 @@ func TestAppendRecordsCallersTraceID(t *testing.T) {
 	ctx := ctxT(t)
 	db := pgtest.NewDatabase(t)
 	type traceKey struct{}
-	cfg := postgres.DefaultStoreConfig()
+	cfg := &postgres.StoreConfig{}
 	cfg.TraceID = func(ctx context.Context) string { s, _ := ctx.Value(traceKey{}).(string); return s }
 	store := postgres.NewStore(cfg)
 	_, err := store.Append(context.WithValue(ctx, traceKey{}, "caller"), db.Pool, eventstore.Any(), []eventstore.Event{

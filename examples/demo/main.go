@@ -39,6 +39,7 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/console"
 	"github.com/eventline/eventline/eventlinetest"
 	"github.com/eventline/eventline/eventstore"
@@ -122,14 +123,18 @@ func demo(ctx context.Context, url string, o options) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer pool.Close()
-	if _, err := migrations.Apply(ctx, pool, migrations.DefaultConfig()); err != nil {
+	names := eventline.Names{NotifyChannel: "bank_events"} // the default tables; Append notifies
+	if _, err := migrations.Apply(ctx, pool, names); err != nil {
 		return err
 	}
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("bank_events")))
+	store, err := postgres.New(postgres.StoreConfig{Names: names})
+	if err != nil {
+		return err
+	}
 
 	// Metrics: one call gives the runners' hooks; the registry is served over HTTP below.
 	reg := prom.NewRegistry()
-	metrics, err := eventlineprom.New(reg)
+	metrics, err := eventlineprom.New(reg, eventlineprom.Config{})
 	if err != nil {
 		return err
 	}

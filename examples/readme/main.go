@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventlinetest"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
@@ -71,12 +72,17 @@ func run(ctx context.Context, databaseURL string) error {
 		return err
 	}
 	defer pool.Close()
+	// Every table and channel is named by one value; the zero value names the defaults.
+	names := eventline.Names{NotifyChannel: "events"} // Append notifies, runners wake at once
 	// Idempotent, safe from many processes; or apply the SQL with your own tool (eventline migrate --print).
-	if _, err := migrations.Apply(ctx, pool, migrations.DefaultConfig()); err != nil {
+	if _, err := migrations.Apply(ctx, pool, names); err != nil {
 		return err
 	}
 
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("events")))
+	store, err := postgres.New(postgres.StoreConfig{Names: names}) // runners take their names from it
+	if err != nil {
+		return err
+	}
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { // your own transaction: the append commits with it
 		_, err := store.Append(ctx, tx, eventstore.Any(), []eventstore.Event{
 			{AggregateType: "account", AggregateID: "a-1", EventType: "Deposited", Payload: []byte(`{"amount":5}`)},

@@ -28,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventlinetest"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
@@ -65,10 +66,14 @@ func run() error {
 		return err
 	}
 	defer pool.Close()
-	if _, err := migrations.Apply(ctx, pool, migrations.DefaultConfig()); err != nil {
+	names := eventline.Names{NotifyChannel: "sse_events"} // the default tables; Append notifies
+	if _, err := migrations.Apply(ctx, pool, names); err != nil {
 		return err
 	}
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("sse_events")))
+	store, err := postgres.New(postgres.StoreConfig{Names: names})
+	if err != nil {
+		return err
+	}
 	r, err := runner.New(pool, store, runner.Config{})
 	if err != nil {
 		return err

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventlinetest"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
@@ -125,7 +126,7 @@ func TestStreamResumesAfterLastEventID(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	db := eventlinetest.NewDatabase(t)
-	store := postgres.NewStore(postgres.NewStoreConfig(postgres.WithNotifyChannel("sse_events")))
+	store := postgres.NewStore(&postgres.StoreConfig{Names: eventline.Names{NotifyChannel: "sse_events"}})
 	r, err := runner.New(db.Pool, store, runner.Config{})
 	require.NoError(t, err)
 	runCtx, stopRun := context.WithCancel(ctx)

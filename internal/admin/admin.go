@@ -15,10 +15,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
-	"github.com/eventline/eventline/migrations"
 )
 
 // NodeAliveDefault is how recent a runner's heartbeat must be for the snapshot to list it.
@@ -27,40 +27,15 @@ const NodeAliveDefault = 10 * time.Second
 // IdleWaitDefault bounds how long Pause waits for the batches in flight.
 const IdleWaitDefault = 10 * time.Second
 
-// Config names the tables; empty names take the migrations defaults.
+// Config configures an Admin. The zero value is valid: every field has a default.
 type Config struct {
-	// EventsTable defaults to "events".
-	EventsTable string
-	// CheckpointsTable defaults to "eventline_checkpoints".
-	CheckpointsTable string
-	// DeadLettersTable defaults to "eventline_dead_letters".
-	DeadLettersTable string
-	// NodesTable defaults to "eventline_nodes".
-	NodesTable string
-	// ProjectionsTable (the lifecycle records) defaults to "eventline_projections".
-	ProjectionsTable string
+	// Names names the tables it reads and changes. Defaults to the zero eventline.Names.
+	Names eventline.Names
 	// IdleWait bounds how long Pause waits for the batches in flight. Defaults to 10s.
 	IdleWait time.Duration
 	// Now, when set, replaces the database's clock for ages and lease expiry (tests). Defaults
 	// to nil.
 	Now func() time.Time
-}
-
-func (c Config) withDefaults() Config {
-	def := func(s *string, d string) {
-		if *s == "" {
-			*s = d
-		}
-	}
-	def(&c.EventsTable, migrations.EventsTableDefault)
-	def(&c.CheckpointsTable, migrations.CheckpointsTableDefault)
-	def(&c.DeadLettersTable, migrations.DeadLettersTableDefault)
-	def(&c.NodesTable, migrations.NodesTableDefault)
-	def(&c.ProjectionsTable, migrations.ProjectionsTableDefault)
-	if c.IdleWait == 0 {
-		c.IdleWait = IdleWaitDefault
-	}
-	return c
 }
 
 // Admin reads and changes the state of the projections on one set of tables.
@@ -72,35 +47,29 @@ type Admin struct {
 	now      func() time.Time
 }
 
-// New validates cfg's table names (sqlname.ErrInvalidName) and returns an Admin on them.
+// New validates cfg (errors from the names match eventline.ErrInvalidName) and returns an Admin
+// on its tables.
 func New(cfg Config) (*Admin, error) {
-	cfg = cfg.withDefaults()
+	if cfg.IdleWait == 0 {
+		cfg.IdleWait = IdleWaitDefault
+	}
 	if cfg.IdleWait < 0 {
 		return nil, fmt.Errorf("admin config: IdleWait must not be negative, not %s", cfg.IdleWait)
 	}
-	events, err := sqlname.Parse("events table", cfg.EventsTable)
-	if err != nil {
+	if err := cfg.Names.Validate(); err != nil {
 		return nil, err
 	}
+	n := cfg.Names.WithDefaults()
 	cps, err := checkpoint.New(checkpoint.Config{
-		Table: cfg.CheckpointsTable, DeadLettersTable: cfg.DeadLettersTable, NodesTable: cfg.NodesTable,
-		ProjectionsTable: cfg.ProjectionsTable,
+		Table: n.CheckpointsTable, DeadLettersTable: n.DeadLettersTable, NodesTable: n.NodesTable,
+		ProjectionsTable: n.ProjectionsTable,
 	})
 	if err != nil {
 		return nil, err
 	}
-	// The same names checkpoint.New validated; lifecycle.New takes them parsed.
-	var lc [3]sqlname.Name
-	for i, f := range []struct{ what, val string }{
-		{"projections table", cfg.ProjectionsTable},
-		{"checkpoints table", cfg.CheckpointsTable},
-		{"dead letters table", cfg.DeadLettersTable},
-	} {
-		if lc[i], err = sqlname.Parse(f.what, f.val); err != nil {
-			return nil, err
-		}
-	}
-	return &Admin{cps: cps, lc: lifecycle.New(lc[0], lc[1], lc[2]), events: events, idleWait: cfg.IdleWait, now: cfg.Now}, nil
+	lc := lifecycle.New(sqlname.MustParse(n.ProjectionsTable), sqlname.MustParse(n.CheckpointsTable),
+		sqlname.MustParse(n.DeadLettersTable))
+	return &Admin{cps: cps, lc: lc, events: sqlname.MustParse(n.EventsTable), idleWait: cfg.IdleWait, now: cfg.Now}, nil
 }
 
 // IdleWait is how long Pause waits for the batches in flight.

@@ -22,10 +22,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/sqlname"
-	"github.com/eventline/eventline/migrations"
 )
 
 // Errors.
@@ -129,10 +129,10 @@ func New(cfg Config) (*Store, error) {
 			*s = d
 		}
 	}
-	def(&cfg.Table, migrations.CheckpointsTableDefault)
-	def(&cfg.DeadLettersTable, migrations.DeadLettersTableDefault)
-	def(&cfg.NodesTable, migrations.NodesTableDefault)
-	def(&cfg.ProjectionsTable, migrations.ProjectionsTableDefault)
+	def(&cfg.Table, eventline.CheckpointsTableDefault)
+	def(&cfg.DeadLettersTable, eventline.DeadLettersTableDefault)
+	def(&cfg.NodesTable, eventline.NodesTableDefault)
+	def(&cfg.ProjectionsTable, eventline.ProjectionsTableDefault)
 	var s Store
 	for _, f := range []struct {
 		what, val string

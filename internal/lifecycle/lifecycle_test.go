@@ -9,10 +9,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/internal/sqlname"
-	"github.com/eventline/eventline/migrations"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -70,8 +70,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Parallel()
-	return &fixture{t: t, db: pgtest.NewDatabase(t), s: lifecycle.New(sqlname.MustParse(migrations.ProjectionsTableDefault),
-		sqlname.MustParse(migrations.CheckpointsTableDefault), sqlname.MustParse(migrations.DeadLettersTableDefault))}
+	return &fixture{t: t, db: pgtest.NewDatabase(t), s: lifecycle.New(sqlname.MustParse(eventline.ProjectionsTableDefault),
+		sqlname.MustParse(eventline.CheckpointsTableDefault), sqlname.MustParse(eventline.DeadLettersTableDefault))}
 }
 
 func (f *fixture) tx(fn func(ctx context.Context, tx pgx.Tx) error) error {

@@ -40,6 +40,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/migrations"
 )
 
@@ -159,7 +160,7 @@ func (h *harness) createTemplate(ctx context.Context) error {
 	}
 	// CREATE DATABASE ... TEMPLATE refuses while anyone is connected to the template.
 	defer pool.Close()
-	if _, err := migrations.Apply(ctx, pool, migrations.DefaultConfig()); err != nil {
+	if _, err := migrations.Apply(ctx, pool, eventline.Names{}); err != nil {
 		return fmt.Errorf("migrate template database %s: %w", h.template, err)
 	}
 	return nil

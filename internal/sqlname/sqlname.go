@@ -59,7 +59,7 @@ func MustParse(s string) Name {
 // Channel validates a LISTEN/NOTIFY channel name: a plain identifier, as for tables.
 func Channel(s string) error {
 	if err := checkIdent(s); err != nil {
-		return fmt.Errorf("%w: notify channel %q: %s", ErrInvalidName, s, err)
+		return fmt.Errorf("%w: channel %q: %s", ErrInvalidName, s, err)
 	}
 	return nil
 }

@@ -14,7 +14,7 @@ import (
 
 func Example() {
 	reg := prom.NewRegistry()
-	m, err := prometheus.New(reg)
+	m, err := prometheus.New(reg, prometheus.Config{})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -30,7 +30,7 @@ func Example() {
 	hooks.HandlerFailed(runner.Unit{Projection: "audit", Version: 2}, 77, errors.New("bad payload"), runner.DeadLetter)
 
 	// Again, exactly once: registration fails and names the collector.
-	if _, err := prometheus.New(reg); err != nil {
+	if _, err := prometheus.New(reg, prometheus.Config{}); err != nil {
 		fmt.Println(err)
 	}
 

@@ -1,13 +1,13 @@
 // Package prometheus exports a runner's hooks as Prometheus metrics.
 //
-//	m, err := prometheus.New(prom.DefaultRegisterer) // prom is github.com/prometheus/client_golang/prometheus
+//	m, err := prometheus.New(prom.DefaultRegisterer, prometheus.Config{}) // prom is github.com/prometheus/client_golang/prometheus
 //	if err != nil {
 //		return err
 //	}
 //	r, err := runner.New(pool, store, runner.Config{Hooks: m.Hooks()})
 //	http.Handle("/metrics", m.Handler()) // or promhttp.Handler() for the default registry
 //
-// The metrics, all prefixed with the namespace ("eventline" unless WithNamespace says otherwise),
+// The metrics, all prefixed with the namespace ("eventline" unless Config.Namespace says otherwise),
 // are labelled with projection, version and partition (of runner.Unit) unless noted:
 //
 //	eventline_batches_total                counter    batches committed
@@ -56,7 +56,7 @@ import (
 	"github.com/eventline/eventline/runner"
 )
 
-// NamespaceDefault is the prefix of every metric name unless WithNamespace sets another.
+// NamespaceDefault is the prefix of every metric name unless Config.Namespace sets another.
 const NamespaceDefault = "eventline"
 
 // BucketsDefault returns the default buckets of eventline_batch_duration_seconds: 1ms to 10s.
@@ -64,39 +64,31 @@ func BucketsDefault() []float64 {
 	return []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 }
 
-// Option configures New.
-type Option func(*options)
-
-type options struct {
-	namespace string
-	buckets   []float64
+// Config configures New. The zero value is valid: every field has a default.
+type Config struct {
+	// Namespace is the prefix of every metric name. Defaults to "eventline".
+	Namespace string
+	// Buckets are the upper bounds, in seconds and increasing, of the buckets of
+	// eventline_batch_duration_seconds. Defaults to BucketsDefault().
+	Buckets []float64
 }
 
-// WithNamespace sets the prefix of every metric name. Defaults to "eventline" (also when empty).
-func WithNamespace(ns string) Option {
-	return func(o *options) { o.namespace = ns }
-}
-
-// WithBuckets sets the upper bounds, in seconds and increasing, of the buckets of
-// eventline_batch_duration_seconds. Defaults to BucketsDefault() (also when empty).
-func WithBuckets(b []float64) Option {
-	return func(o *options) { o.buckets = append([]float64(nil), b...) }
-}
-
-func (o options) withDefaults() options {
-	if o.namespace == "" {
-		o.namespace = NamespaceDefault
+func (c Config) withDefaults() Config {
+	if c.Namespace == "" {
+		c.Namespace = NamespaceDefault
 	}
-	if len(o.buckets) == 0 {
-		o.buckets = BucketsDefault()
+	if len(c.Buckets) == 0 {
+		c.Buckets = BucketsDefault()
+	} else {
+		c.Buckets = append([]float64(nil), c.Buckets...)
 	}
-	return o
+	return c
 }
 
-func (o options) validate() error {
-	for i := 1; i < len(o.buckets); i++ {
-		if !(o.buckets[i] > o.buckets[i-1]) { // also rejects NaN
-			return fmt.Errorf("metrics: invalid buckets: %v is not increasing", o.buckets)
+func (c Config) validate() error {
+	for i := 1; i < len(c.Buckets); i++ {
+		if !(c.Buckets[i] > c.Buckets[i-1]) { // also rejects NaN
+			return fmt.Errorf("metrics config: invalid Buckets: %v is not increasing", c.Buckets)
 		}
 	}
 	return nil
@@ -141,19 +133,15 @@ type series struct {
 // New creates the collectors and registers them with reg (prom.DefaultRegisterer when nil). It
 // fails, naming the collector, if one cannot be registered, for instance because New already
 // registered it with reg; then it unregisters those it had registered.
-func New(reg prom.Registerer, opts ...Option) (*Metrics, error) {
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
-	o = o.withDefaults()
-	if err := o.validate(); err != nil {
+func New(reg prom.Registerer, cfg Config) (*Metrics, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	if reg == nil {
 		reg = prom.DefaultRegisterer
 	}
-	ns := o.namespace
+	ns := cfg.Namespace
 	key := []string{"projection", "version", "partition"}
 	counter := func(name, help string, extra ...string) *prom.CounterVec {
 		return prom.NewCounterVec(prom.CounterOpts{Namespace: ns, Name: name, Help: help}, append(key[:3:3], extra...))
@@ -166,7 +154,7 @@ func New(reg prom.Registerer, opts ...Option) (*Metrics, error) {
 		reported:         map[runner.Unit]bool{},
 		batches:          counter("batches_total", "Batches of events applied and committed."),
 		events:           counter("events_applied_total", "Events applied in committed batches."),
-		duration:         prom.NewHistogramVec(prom.HistogramOpts{Namespace: ns, Name: "batch_duration_seconds", Help: "Time from handing a batch to the handler to its commit.", Buckets: o.buckets}, key),
+		duration:         prom.NewHistogramVec(prom.HistogramOpts{Namespace: ns, Name: "batch_duration_seconds", Help: "Time from handing a batch to the handler to its commit.", Buckets: cfg.Buckets}, key),
 		lag:              gauge("lag_seconds", "Age of the first event not applied yet (every heartbeat; 0 when caught up), or of a committed batch's last event (at the commit)."),
 		position:         gauge("position", "Last global position the projection reached."),
 		gaps:             counter("gaps_waited_total", "Times the projection waited at a position not yet settled."),

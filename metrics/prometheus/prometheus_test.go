@@ -22,10 +22,10 @@ import (
 // goroutines, as goleak.VerifyTestMain did).
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-func newMetrics(t *testing.T, opts ...Option) (*Metrics, *prom.Registry) {
+func newMetrics(t *testing.T, cfg Config) (*Metrics, *prom.Registry) {
 	t.Helper()
 	reg := prom.NewPedanticRegistry()
-	m, err := New(reg, opts...)
+	m, err := New(reg, cfg)
 	require.NoError(t, err)
 	return m, reg
 }
@@ -37,7 +37,7 @@ var (
 
 func TestHooksSetEveryFunction(t *testing.T) {
 	t.Parallel()
-	m, _ := newMetrics(t)
+	m, _ := newMetrics(t, Config{})
 	h := reflect.ValueOf(m.Hooks())
 	for i := range h.NumField() {
 		if h.Type().Field(i).Name == "Handling" {
@@ -50,7 +50,7 @@ func TestHooksSetEveryFunction(t *testing.T) {
 
 func TestBatchCommitted(t *testing.T) {
 	t.Parallel()
-	m, reg := newMetrics(t, WithBuckets([]float64{0.1, 1}))
+	m, reg := newMetrics(t, Config{Buckets: []float64{0.1, 1}})
 	h := m.Hooks()
 	h.BatchCommitted(runner.BatchInfo{Unit: orders, Events: 10, From: 0, To: 12, Took: 50 * time.Millisecond, Lag: 2 * time.Second})
 	h.BatchCommitted(runner.BatchInfo{Unit: orders, Events: 5, From: 12, To: 20, Took: 500 * time.Millisecond, Lag: 250 * time.Millisecond})
@@ -81,7 +81,7 @@ eventline_batch_duration_seconds_count{partition="3",projection="orders",version
 
 func TestProgressedAndGaps(t *testing.T) {
 	t.Parallel()
-	m, _ := newMetrics(t)
+	m, _ := newMetrics(t, Config{})
 	h := m.Hooks()
 	h.HeldAtGap(orders, 7)
 	// The first report created the counters at zero, but no gauge: nothing set them yet.
@@ -100,7 +100,7 @@ func TestProgressedAndGaps(t *testing.T) {
 
 func TestFailuresAndRetries(t *testing.T) {
 	t.Parallel()
-	m, reg := newMetrics(t)
+	m, reg := newMetrics(t, Config{})
 	h := m.Hooks()
 	boom := errors.New("boom")
 	h.Retrying(orders, boom, time.Second)
@@ -124,7 +124,7 @@ eventline_dead_letters_total{partition="3",projection="orders",version="2"} 2
 
 func TestOwnershipListenerPages(t *testing.T) {
 	t.Parallel()
-	m, reg := newMetrics(t)
+	m, reg := newMetrics(t, Config{})
 	h := m.Hooks()
 	h.OwnershipChanged(orders, true)
 	require.Equal(t, 1.0, testutil.ToFloat64(m.owned.WithLabelValues("orders", "1", "0")))
@@ -156,7 +156,7 @@ eventline_pages_read_total 3
 
 func TestNamespace(t *testing.T) {
 	t.Parallel()
-	m, reg := newMetrics(t, WithNamespace("shop"))
+	m, reg := newMetrics(t, Config{Namespace: "shop"})
 	m.Hooks().PageRead(0, 1)
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP shop_pages_read_total Pages of events read from the database.
@@ -168,14 +168,14 @@ shop_pages_read_total 1
 	require.Zero(t, n)
 
 	// Two namespaces share one registry.
-	_, err = New(reg)
+	_, err = New(reg, Config{})
 	require.NoError(t, err)
 }
 
 func TestRegisterTwice(t *testing.T) {
 	t.Parallel()
-	_, reg := newMetrics(t)
-	_, err := New(reg)
+	_, reg := newMetrics(t, Config{})
+	_, err := New(reg, Config{})
 	require.ErrorContains(t, err, "eventline_batches_total")
 	var already prom.AlreadyRegisteredError
 	require.ErrorAs(t, err, &already)
@@ -186,7 +186,7 @@ func TestRegisterFailureUnregisters(t *testing.T) {
 	reg := prom.NewPedanticRegistry()
 	// Same name, other labels: registering eventline_owned fails after the collectors before it.
 	reg.MustRegister(prom.NewGauge(prom.GaugeOpts{Name: "eventline_owned", Help: "In the way."}))
-	_, err := New(reg)
+	_, err := New(reg, Config{})
 	require.ErrorContains(t, err, "register eventline_owned")
 
 	mfs, err := reg.Gather()
@@ -198,8 +198,8 @@ func TestRegisterFailureUnregisters(t *testing.T) {
 func TestInvalidBuckets(t *testing.T) {
 	t.Parallel()
 	reg := prom.NewPedanticRegistry()
-	_, err := New(reg, WithBuckets([]float64{1, 0.5}))
-	require.ErrorContains(t, err, "buckets")
+	_, err := New(reg, Config{Buckets: []float64{1, 0.5}})
+	require.ErrorContains(t, err, "Buckets")
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	require.Empty(t, mfs)
@@ -207,7 +207,7 @@ func TestInvalidBuckets(t *testing.T) {
 
 func TestNilRegistererIsDefault(t *testing.T) {
 	// Not parallel: it uses the global default registry and cleans it up.
-	m, err := New(nil)
+	m, err := New(nil, Config{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		for _, c := range m.collectors {
@@ -234,7 +234,7 @@ func TestHandler(t *testing.T) {
 
 	t.Run("Registry", func(t *testing.T) {
 		t.Parallel()
-		m, reg := newMetrics(t)
+		m, reg := newMetrics(t, Config{})
 		reg.MustRegister(prom.NewCounter(prom.CounterOpts{Name: "other_total", Help: "Not ours."}))
 		m.Hooks().ListenerConnected(1)
 		body := scrape(t, m)
@@ -245,7 +245,7 @@ func TestHandler(t *testing.T) {
 	t.Run("Wrapped", func(t *testing.T) {
 		t.Parallel()
 		reg := prom.NewPedanticRegistry()
-		m, err := New(prom.WrapRegistererWith(prom.Labels{"runner": "a"}, reg))
+		m, err := New(prom.WrapRegistererWith(prom.Labels{"runner": "a"}, reg), Config{})
 		require.NoError(t, err)
 		m.Hooks().ListenerConnected(1)
 		require.Contains(t, scrape(t, m), "eventline_listener_connects_total 1\n", "serves its own metrics")
@@ -257,7 +257,7 @@ func TestHandler(t *testing.T) {
 
 func TestHooksAllocateNothing(t *testing.T) {
 	// Not parallel: AllocsPerRun refuses to run in parallel tests.
-	m, _ := newMetrics(t)
+	m, _ := newMetrics(t, Config{})
 	h := m.Hooks()
 	b := runner.BatchInfo{Unit: ordersV2, Events: 3, From: 1, To: 4, Took: time.Millisecond, Lag: time.Millisecond}
 	h.BatchCommitted(b) // creates the series
@@ -274,7 +274,7 @@ func TestHooksAllocateNothing(t *testing.T) {
 
 func TestConcurrentHooks(t *testing.T) {
 	t.Parallel()
-	m, reg := newMetrics(t)
+	m, reg := newMetrics(t, Config{})
 	h := m.Hooks()
 	const goroutines, rounds = 16, 200
 	keys := []runner.Unit{orders, ordersV2, {Projection: "audit", Partition: 1}}
@@ -331,7 +331,7 @@ func TestConcurrentHooks(t *testing.T) {
 // no longer has; counters stay.
 func TestHeartbeat(t *testing.T) {
 	t.Parallel()
-	m, reg := newMetrics(t)
+	m, reg := newMetrics(t, Config{})
 	h := m.Hooks()
 	h.OwnershipChanged(orders, true)
 	h.BatchCommitted(runner.BatchInfo{Unit: runner.Unit{Projection: "orders", Version: 1, Partitions: 1}, Events: 1, To: 5})

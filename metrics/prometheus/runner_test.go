@@ -96,7 +96,7 @@ func TestGaugesMoveWhileNothingCommits(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDatabase(t)
 	reg := prom.NewPedanticRegistry()
-	m, err := prometheus.New(reg)
+	m, err := prometheus.New(reg, prometheus.Config{})
 	require.NoError(t, err)
 	startRunner(t, db, m, versioned{version: 1})
 	for _, id := range []string{"a-1", "a-2"} {
@@ -136,9 +136,9 @@ func TestRetiredVersionStopsReportingOwnership(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDatabase(t)
 	reg1, reg2 := prom.NewPedanticRegistry(), prom.NewPedanticRegistry()
-	m1, err := prometheus.New(reg1)
+	m1, err := prometheus.New(reg1, prometheus.Config{})
 	require.NoError(t, err)
-	m2, err := prometheus.New(reg2)
+	m2, err := prometheus.New(reg2, prometheus.Config{})
 	require.NoError(t, err)
 	appendEvent(t, db, "a-1", time.Time{})
 	v1 := map[string]string{"projection": "p", "version": "1"}

@@ -2,9 +2,7 @@
 // depend on OpenTelemetry, only this one does.
 //
 //	t := otel.New(otel.Config{}) // the global TracerProvider, or Config.TracerProvider
-//	storeCfg := postgres.DefaultStoreConfig()
-//	storeCfg.TraceID = t.TraceID // Append records the caller's trace on its events
-//	store := postgres.NewStore(storeCfg)
+//	store, err := postgres.New(postgres.StoreConfig{TraceID: t.TraceID}) // Append records the caller's trace on its events
 //	r, err := runner.New(pool, store, runner.Config{Hooks: runner.JoinHooks(metrics.Hooks(), t.Hooks())})
 //
 // The runner then starts a span for every batch of a projection ("eventline.batch", from the

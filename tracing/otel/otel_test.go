@@ -72,9 +72,8 @@ func TestSpans(t *testing.T) {
 	app := tp.Tracer("app")
 	tr := eventlineotel.New(eventlineotel.Config{TracerProvider: tp})
 
-	storeCfg := postgres.DefaultStoreConfig()
-	storeCfg.TraceID = tr.TraceID
-	store := postgres.NewStore(storeCfg)
+	store, err := postgres.New(postgres.StoreConfig{TraceID: tr.TraceID})
+	require.NoError(t, err)
 	appendIn := func(ctx context.Context, evs ...eventstore.Event) {
 		t.Helper()
 		require.NoError(t, pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
