@@ -175,7 +175,7 @@ func registeredMetrics(t *testing.T, want map[string][]string) map[string]bool {
 	db := pgtest.NewDatabase(t)
 	store := postgres.NewStore(nil)
 	reg := prom.NewPedanticRegistry()
-	m, err := prometheus.New(reg)
+	m, err := prometheus.New(reg, prometheus.Config{})
 	require.NoError(t, err)
 	r, err := runner.New(db.Pool, store, runner.Config{Logger: zaptest.NewLogger(t), Hooks: m.Hooks(),
 		PollInterval: 50 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond, Lease: 500 * time.Millisecond,
