@@ -60,3 +60,18 @@ func ExamplePartitionOf() {
 	fmt.Println(projector.PartitionOf("order-1", 1))
 	// Output: 3 0 2 1 0
 }
+
+// A handler marks an error that may go away when the event is handled again later; the runner
+// retries it (runner.WithRetry) before the failure policy applies.
+func ExampleTransient() {
+	notify := func() error {
+		status := 503 // the answer of a downstream service
+		if status >= 500 {
+			return projector.Transient(fmt.Errorf("notify: status %d", status))
+		}
+		return nil
+	}
+	err := fmt.Errorf("handle event 42: %w", notify())
+	fmt.Println(projector.IsTransient(err), err)
+	// Output: true handle event 42: transient: notify: status 503
+}

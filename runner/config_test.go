@@ -123,3 +123,14 @@ func TestJoinHandling(t *testing.T) {
 	end(HandlingEnd{Outcome: OutcomeOK})
 	require.Equal(t, []string{"a in <nil>", "b in a", "b ok", "a ok"}, order)
 }
+
+func TestRetryDelayDoublesUpToMax(t *testing.T) {
+	r := Retry{Attempts: 10, Min: 100 * time.Millisecond, Max: time.Second}
+	for failed, want := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond, 3: 400 * time.Millisecond,
+		4: 800 * time.Millisecond, 5: time.Second, 9: time.Second} {
+		require.Equal(t, want, r.delay(failed), "after failed attempt %d", failed)
+	}
+	require.Equal(t, Retry{Attempts: RetryAttemptsDefault, Min: RetryBackoffMinDefault, Max: RetryBackoffMaxDefault}, Retry{}.withDefaults())
+	require.Equal(t, Retry{Attempts: 1, Min: time.Minute, Max: time.Minute}, Retry{Attempts: 1, Min: time.Minute}.withDefaults(),
+		"a Min above the default Max raises Max")
+}
