@@ -158,7 +158,7 @@ func New(reg prom.Registerer, cfg Config) (*Metrics, error) {
 		lag:              gauge("lag_seconds", "Age of the first event not applied yet (every heartbeat; 0 when caught up), or of a committed batch's last event (at the commit)."),
 		position:         gauge("position", "Last global position the projection reached."),
 		gaps:             counter("gaps_waited_total", "Times the projection waited at a position not yet settled."),
-		retries:          counter("retries_total", "Transient errors after which a batch was retried."),
+		retries:          counter("retries_total", "Transient errors after which a batch, or an event under the retry policy, was tried again."),
 		failures:         counter("handler_failures_total", "Events the handler failed on for good, by failure policy applied.", "policy"),
 		dead:             counter("dead_letters_total", "Events parked in the dead-letter table."),
 		owned:            gauge("owned", "1 while this process owns the checkpoint, else 0."),
