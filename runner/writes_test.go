@@ -248,3 +248,47 @@ func TestWritesOrderAndMixedHandlers(t *testing.T) {
 	defer mu.Unlock()
 	require.Len(t, batches, 1, "one batch, hence deferred writes on both sides of the OnTx handlers")
 }
+
+// A batch whose handlers queue more statements than Writes holds at once is sent in several
+// round trips, in order, in the one transaction.
+func TestWritesManyStatementsInOneBatch(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	_, err := h.db.Pool.Exec(ctx, `CREATE TABLE tally (id int PRIMARY KEY, n bigint NOT NULL, last bigint NOT NULL); INSERT INTO tally VALUES (1, 0, 0)`)
+	require.NoError(t, err)
+	const n = 1500 // 3 statements each: 4,500 in one batch
+	res, err := h.store.Append(ctx, h.db.Pool, eventstore.Any(), events("acct", "a", n))
+	require.NoError(t, err)
+	positions := res.GlobalPositions()
+
+	r := projector.NewRouter("many", projector.WithSetup(func(ctx context.Context, tx pgx.Tx) error { return createApplied(ctx, tx) }))
+	projector.On(r, "Happened", func(_ context.Context, w *projector.Writes, ev eventstore.PersistedEvent, _ struct{}) error {
+		w.Exec(`INSERT INTO applied (projection, global_position, event_id, aggregate_type, aggregate_id, aggregate_version)
+			VALUES ('many', $1, $2, $3, $4, $5)`, ev.GlobalPosition, ev.EventID, ev.AggregateType, ev.AggregateID, ev.AggregateVersion)
+		w.Exec(`UPDATE tally SET n = n + 1 WHERE id = 1`)
+		w.Exec(`UPDATE tally SET last = $1 WHERE id = 1 AND last < $1`, ev.GlobalPosition)
+		return nil
+	})
+	var mu sync.Mutex
+	var batches []runner.BatchInfo
+	cfg := h.config()
+	cfg.BatchSize = 2 * n
+	committed := cfg.Hooks.BatchCommitted
+	cfg.Hooks.BatchCommitted = func(b runner.BatchInfo) {
+		mu.Lock()
+		batches = append(batches, b)
+		mu.Unlock()
+		committed(b)
+	}
+	rn, _ := h.start(cfg, r)
+	h.waitFor("the projection to apply everything", func() bool { return stateOf(t, rn, "many").Position >= positions[n-1] })
+	require.Equal(t, positions, appliedPositions(t, h.db.Pool, "many"))
+	var count, last int64
+	require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT n, last FROM tally`).Scan(&count, &last))
+	require.Equal(t, []int64{n, positions[n-1]}, []int64{count, last})
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, batches, 1)
+	require.Equal(t, n, batches[0].Events)
+}
