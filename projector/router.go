@@ -164,15 +164,12 @@ func (r *Router) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.Pers
 		var err error
 		if h.tx != nil {
 			if err := w.flush(ctx, tx); err != nil {
-				return err
+				return err // names the event that queued the failing write, if known
 			}
 			err = h.tx(ctx, tx, ev)
 		} else {
 			w.position = ev.GlobalPosition
 			err = h.write(ctx, w, ev)
-			if err == nil && w.Len() >= flushAt {
-				err = w.flush(ctx, tx)
-			}
 		}
 		if err != nil {
 			var ee *EventError
@@ -180,6 +177,11 @@ func (r *Router) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.Pers
 				return err
 			}
 			return &EventError{Position: ev.GlobalPosition, Err: err}
+		}
+		if w.Len() >= flushAt {
+			if err := w.flush(ctx, tx); err != nil {
+				return err
+			}
 		}
 	}
 	return w.flush(ctx, tx)

@@ -46,6 +46,9 @@ func (w *Writes) flush(ctx context.Context, tx pgx.Tx) error {
 		return nil
 	}
 	defer w.reset()
+	if tx == nil {
+		return errors.New("projector: writes queued, but Handle was called without a transaction")
+	}
 	br := tx.SendBatch(ctx, &w.batch)
 	for i, pos := range w.positions {
 		if _, err := br.Exec(); err != nil {
