@@ -17,7 +17,7 @@ import (
 func TestReadEventsAllocationsPerEvent(t *testing.T) {
 	ctx := ctxT(t)
 	db := pgtest.NewDatabase(t)
-	store := postgres.NewStore(postgres.DefaultStoreConfig())
+	store := postgres.NewStore(nil)
 	const n = 500
 	_, err := store.Append(ctx, db.Pool, eventstore.Any(), newEvents("account", "a-1", n))
 	require.NoError(t, err)
