@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,9 +47,11 @@ func (h *heartbeats) last() (time.Time, error) {
 }
 
 // Health returns nil while the runner is live: Run is running, its heartbeat (which renews this
-// process's leases) was written within Lease, and its horizon was refreshed within Lease. Past
-// Lease without a heartbeat, the other processes take this one's work over, so a process stuck
-// there is of no use. Otherwise it returns an error matching ErrNotLive that says why: "starting"
+// process's leases) was written within Lease, its horizon was refreshed within Lease, and (with
+// BatchTimeout set) no batch has been in flight for longer than BatchTimeout plus ShutdownGrace.
+// Past Lease without a heartbeat, the other processes take this one's work over, so a process
+// stuck there is of no use; a handler that outlives BatchTimeout that long ignores its context,
+// and only a restart frees its unit. Otherwise it returns an error matching ErrNotLive that says why: "starting"
 // (before Run's first heartbeat: give a liveness probe a start-up allowance, as Run waits for
 // the database during start-up), "stopped", or which loop fell behind and its last error.
 //
@@ -87,10 +90,37 @@ func (r *Runner) Health(context.Context) error {
 			problems = append(problems, p)
 		}
 	}
+	problems = append(problems, r.stuckBatches()...)
 	if len(problems) > 0 {
 		return fmt.Errorf("%w: %s", ErrNotLive, strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// stuckBatches names the batches in flight for longer than BatchTimeout plus ShutdownGrace: their
+// context was cancelled and the server ended their transaction, so a handler that has not
+// returned by then ignores its context and holds its unit for good. Without BatchTimeout, a long
+// batch may be legitimate and none is named.
+func (r *Runner) stuckBatches() []string {
+	if r.cfg.BatchTimeout <= 0 {
+		return nil
+	}
+	limit := r.cfg.BatchTimeout + r.cfg.ShutdownGrace
+	var out []string
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.workers {
+		w.mu.Lock()
+		if w.batchPID != 0 {
+			if d := time.Since(w.batchAt); d > limit {
+				out = append(out, fmt.Sprintf("%s: a batch running for %s (BatchTimeout %s): its handler ignores its context",
+					w.key, d.Round(time.Millisecond), r.cfg.BatchTimeout))
+			}
+		}
+		w.mu.Unlock()
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Ready returns nil when the runner is live (Health) and every unit this process runs has

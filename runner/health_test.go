@@ -103,3 +103,28 @@ func TestHealthAndReadiness(t *testing.T) {
 	stop()
 	require.ErrorContains(t, r.Health(context.Background()), "runner: not live: stopped")
 }
+
+// With BatchTimeout, a handler still running BatchTimeout + ShutdownGrace after its batch began
+// ignores its context: the process is not live (a restart frees the unit), until it returns.
+func TestHealthNamesAHandlerThatIgnoresItsContext(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	hung := &hangingProj{name: "hung", release: make(chan struct{}), entered: make(chan struct{})}
+	hung.hang.Store(true)
+	cfg := healthConfig(h)
+	cfg.BatchTimeout, cfg.ShutdownGrace = 200*time.Millisecond, 100*time.Millisecond
+	r, _ := h.start(cfg, hung)
+	h.waitFor("live", func() bool { return r.Health(ctx) == nil })
+	h.appendOne(ctx, "acct", "a", 1)
+	<-hung.entered
+	h.waitFor("not live", func() bool { return r.Health(ctx) != nil })
+	err := r.Health(ctx)
+	require.ErrorIs(t, err, runner.ErrNotLive)
+	require.Regexp(t, `^runner: not live: hung: a batch running for \d+(\.\d+)?m?s \(BatchTimeout 200ms\): its handler ignores its context$`, err.Error())
+
+	close(hung.release)
+	h.waitFor("live again, the event applied", func() bool {
+		return r.Health(ctx) == nil && len(appliedPositions(t, h.db.Pool, "hung")) == 1
+	})
+}
