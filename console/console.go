@@ -175,9 +175,15 @@ type statusResponse struct {
 	Console consoleInfo    `json:"console"`
 	Status  admin.Snapshot `json:"status"`
 	// Problems is what 'eventline status --check' would report, without a lag bound.
-	Problems    []admin.Problem    `json:"problems"`
-	DeadLetters []admin.DeadLetter `json:"dead_letters"`
+	Problems []admin.Problem `json:"problems"`
+	// DeadLetters are the first deadLettersShown dead letters, of DeadLettersTotal.
+	DeadLetters      []admin.DeadLetter `json:"dead_letters"`
+	DeadLettersTotal int64              `json:"dead_letters_total"`
 }
+
+// deadLettersShown bounds the dead letters the status endpoint lists (the page says how many
+// there are in all; 'eventline dead-letters list' lists them all).
+const deadLettersShown = 200
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
@@ -186,11 +192,16 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "read status: "+err.Error())
 		return
 	}
-	dls, err := h.adm.DeadLetters(ctx, h.cfg.Pool, "")
+	dls, err := h.adm.DeadLetters(ctx, h.cfg.Pool, "", deadLettersShown)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "read dead letters: "+err.Error())
 		return
 	}
+	var total int64
+	for _, l := range s.Lifecycle {
+		total += l.DeadLetters
+	}
+	total = max(total, int64(len(dls))) // a dead letter of a projection without a record
 	problems := s.Check(admin.Bounds{})
 	if problems == nil {
 		problems = []admin.Problem{}
@@ -200,7 +211,7 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 			Actions: h.cfg.AllowActions, PollIntervalMS: h.cfg.PollInterval.Milliseconds(),
 			HistorySeconds: int64(h.cfg.History.Seconds()),
 		},
-		Status: s, Problems: problems, DeadLetters: dls,
+		Status: s, Problems: problems, DeadLetters: dls, DeadLettersTotal: total,
 	})
 }
 

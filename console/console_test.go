@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"testing"
 	"time"
@@ -61,6 +62,7 @@ type statusBody struct {
 		ID         int64  `json:"id"`
 		Projection string `json:"projection"`
 	} `json:"dead_letters"`
+	DeadLettersTotal int64 `json:"dead_letters_total"`
 }
 
 func getStatus(t *testing.T, base string) statusBody {
@@ -205,6 +207,7 @@ func TestActionOutcomes(t *testing.T) {
 		s := getStatus(t, srv.URL)
 		if len(s.DeadLetters) == 1 {
 			id = s.DeadLetters[0].ID
+			require.Equal(t, int64(1), s.DeadLettersTotal)
 		}
 		return id != 0
 	})
@@ -227,3 +230,21 @@ func TestActionOutcomes(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// The status lists the first 200 dead letters and says how many there are.
+func TestDeadLettersAreCapped(t *testing.T) {
+	db := eventlinetest.NewDatabase(t)
+	_, err := db.Pool.Exec(t.Context(), `
+		INSERT INTO eventline_projections (projection, active_version, active_partitions) VALUES ('p', 1, 1);
+		INSERT INTO eventline_dead_letters (projection, version, global_position, event_id, error, aggregate_type, aggregate_id)
+		SELECT 'p', 1, n, gen_random_uuid(), 'bad', 'a', 'a-' || n FROM generate_series(1, 205) n`)
+	require.NoError(t, err)
+	h, err := console.New(console.Config{Pool: db.Pool})
+	require.NoError(t, err)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	s := getStatus(t, srv.URL)
+	require.Len(t, s.DeadLetters, 200)
+	require.Equal(t, int64(205), s.DeadLettersTotal)
+	require.Equal(t, "p", s.DeadLetters[199].Projection)
+}

@@ -256,7 +256,7 @@ full, as an array of objects.`)
 		return err
 	}
 	return a.withStore(ctx, c.name, func(db *dbConn) error {
-		dls, err := db.adm.DeadLetters(ctx, db.pool, *proj)
+		dls, err := db.adm.DeadLetters(ctx, db.pool, *proj, 0)
 		if err != nil {
 			return err
 		}

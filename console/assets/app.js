@@ -167,6 +167,8 @@
             `Rebuild ${name}? Its read model is emptied and every event is applied again.`, rebuildWhy)));
     }), 9, 'no projections');
 
+    $('#dead-letters-count').textContent = body.dead_letters_total > body.dead_letters.length
+      ? `; the first ${body.dead_letters.length} of ${body.dead_letters_total} ('eventline dead-letters list' lists them all)` : '';
     replaceRows($('#dead-letters tbody'), body.dead_letters.map((d) => {
       const path = (a) => `api/dead-letters/${d.id}/${a}`;
       return el('tr', { 'data-dead-letter': d.id },

@@ -126,9 +126,15 @@ type DeadLetter struct {
 }
 
 // DeadLetters lists the parked events of projection (of all projections with ""), by projection,
-// version and position.
-func (a *Admin) DeadLetters(ctx context.Context, pool *pgxpool.Pool, projection string) ([]DeadLetter, error) {
-	dls, err := a.cps.DeadLetters(ctx, pool, projection)
+// version and position: the first limit of them, or all when limit is 0.
+func (a *Admin) DeadLetters(ctx context.Context, pool *pgxpool.Pool, projection string, limit int) ([]DeadLetter, error) {
+	var dls []checkpoint.DeadLetter
+	var err error
+	if limit > 0 {
+		dls, err = a.cps.FirstDeadLetters(ctx, pool, projection, limit)
+	} else {
+		dls, err = a.cps.DeadLetters(ctx, pool, projection)
+	}
 	if err != nil {
 		return nil, err
 	}

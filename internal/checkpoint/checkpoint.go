@@ -397,9 +397,11 @@ func scanDead(r pgx.CollectableRow) (DeadLetter, error) {
 	return d, err
 }
 
-func (s *Store) queryDead(ctx context.Context, db eventstore.DBTX, what, cond string, args ...any) ([]DeadLetter, error) {
+// queryDead lists the dead letters that match cond, in order, up to limit (an SQL expression:
+// "ALL" for no limit).
+func (s *Store) queryDead(ctx context.Context, db eventstore.DBTX, what, cond, limit string, args ...any) ([]DeadLetter, error) {
 	rows, err := db.Query(ctx, `SELECT `+deadColumns+` FROM `+s.dead+` WHERE `+cond+`
-		ORDER BY projection, version, global_position`, args...)
+		ORDER BY projection, version, global_position LIMIT `+limit, args...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -412,12 +414,18 @@ func (s *Store) queryDead(ctx context.Context, db eventstore.DBTX, what, cond st
 
 // DeadLetters lists parked events, of one projection or (with "") of all, in position order.
 func (s *Store) DeadLetters(ctx context.Context, db eventstore.DBTX, projection string) ([]DeadLetter, error) {
-	return s.queryDead(ctx, db, "list dead letters", `$1 = '' OR projection = $1`, projection)
+	return s.queryDead(ctx, db, "list dead letters", `$1 = '' OR projection = $1`, "ALL", projection)
+}
+
+// FirstDeadLetters is DeadLetters stopping after limit dead letters (a page that shows some of
+// many).
+func (s *Store) FirstDeadLetters(ctx context.Context, db eventstore.DBTX, projection string, limit int) ([]DeadLetter, error) {
+	return s.queryDead(ctx, db, "list dead letters", `$1 = '' OR projection = $1`, "$2", projection, max(0, limit))
 }
 
 // VersionDeadLetters lists the parked events of one version of a projection, in position order.
 func (s *Store) VersionDeadLetters(ctx context.Context, db eventstore.DBTX, projection string, version int) ([]DeadLetter, error) {
-	return s.queryDead(ctx, db, "list dead letters", `projection = $1 AND version = $2`, projection, max(1, version))
+	return s.queryDead(ctx, db, "list dead letters", `projection = $1 AND version = $2`, "ALL", projection, max(1, version))
 }
 
 // DeadLetterCount is how many events one version of a projection has parked.

@@ -364,6 +364,9 @@ func TestDeadLetters(t *testing.T) {
 	all, err := s.DeadLetters(ctx, db.Pool, "")
 	require.NoError(t, err)
 	require.Len(t, all, 5)
+	firstTwo, err := s.FirstDeadLetters(ctx, db.Pool, "", 2)
+	require.NoError(t, err)
+	require.Equal(t, all[:2], firstTwo)
 
 	// The same event parked again, by another partition layout of the same version: one dead
 	// letter, its attempts counted, a pending retry request cleared.
