@@ -58,7 +58,7 @@ func (w *Writes) flush(ctx context.Context, tx pgx.Tx) error {
 				// may come from any event of the batch, so name none and let the runner search.
 				return fmt.Errorf("send %d writes: %w", len(w.positions), err)
 			}
-			return &EventError{Position: pos, Err: fmt.Errorf("write %q: %w", w.batch.QueuedQueries[i].SQL, err)}
+			return &EventError{Position: pos, Err: fmt.Errorf("queued write %d of the batch: %w", i+1, err)}
 		}
 	}
 	if err := br.Close(); err != nil {
