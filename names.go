@@ -19,8 +19,8 @@ const (
 	ProgressChannelDefault     = "eventline_progress"
 )
 
-// ErrInvalidName is matched by the errors of Names.Validate (and so of every constructor that
-// takes Names).
+// ErrInvalidName is matched (errors.Is) by the errors of Names.Validate, and so by those of every
+// constructor and function that takes Names: "invalid SQL name".
 var ErrInvalidName = sqlname.ErrInvalidName
 
 // Names names the tables and LISTEN/NOTIFY channels of one eventline installation in a database.

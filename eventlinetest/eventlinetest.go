@@ -32,6 +32,14 @@
 // The helpers that append events (Append, Apply) use a Store with the default configuration
 // (postgres.NewStore(nil): the default eventline.Names), whose tables NewDatabase has. They report failures with
 // t.Fatalf, so call them from the test's goroutine.
+//
+// Two levels of test: Apply checks what a projection writes, in one transaction, with no runner
+// and no checkpoint (fast, and the read model is there to query at once); RunUntilCaughtUp runs
+// the real runner (dispatch, failure policies, versions and partitions, detached handlers) on the
+// test's database until everything registered has caught up. A runner for a test is built as in
+// production, on the default tables: runner.New(db.Pool, postgres.NewStore(nil), runner.Config{}).
+// More: README.md, "Testing your projections"; what the runner guarantees, docs/design.md,
+// "Guarantees".
 package eventlinetest
 
 import (

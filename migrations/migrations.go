@@ -1,10 +1,3 @@
-// Package migrations creates and upgrades eventline's tables: the events table with its append
-// lock triggers, aggregate heads, checkpoints and dead letters.
-//
-// The SQL lives in numbered files embedded in the binary. Apply runs the ones a database has not
-// had yet, under an advisory lock, so it is idempotent and safe to call from every process at
-// start-up. Teams with their own migration tool can take the SQL from Files or SQL instead.
-// Table names are configurable; they are validated and quoted.
 package migrations
 
 import (

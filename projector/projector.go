@@ -24,6 +24,29 @@
 // batch, say). It may also implement Filter (only some aggregate or event types), Setup (create
 // its tables), Resetter (empty them for a rebuild) and Validator (runner.Register refuses it when
 // Validate fails). A Router without any handler is refused.
+//
+// # Contracts
+//
+// Handle runs inside the transaction that moves the projection's checkpoint: write through it,
+// leave it open (the runner commits or rolls it back), honour ctx, and return an error to fail the
+// event; projector.Transient marks an error worth trying again. The events of a batch that was
+// rolled back (an error, a crash, a lost lease) are handed over again; those of a committed batch
+// never are, so writes need not be idempotent. Name keys the checkpoint: unique in a runner and
+// stable across deploys. A projection with Reset can be rebuilt (Reset, then every event again
+// from position 0), so its read model should follow from the events alone. A Detached handler
+// runs outside any transaction and may see an event again after a crash: make it idempotent
+// (ev.EventID identifies an event).
+//
+// # Options
+//
+// NewRouter takes RouterOptions (WithAggregateTypes, WithSetup, WithReset, WithDecoder): they
+// describe that one router, and most routers set one or two, so options read better here than a
+// config struct. What builds a long-lived service in eventline (postgres.New, runner.New,
+// prometheus.New, console.New) takes a config struct whose zero value is valid instead.
+//
+// More in docs/design.md: "Guarantees", "Reading and dispatch" (one transaction per batch, the
+// per-event handlers' single round trip), "Projection lifecycle" (versions, partitions, rebuilds)
+// and "Dead letters".
 package projector
 
 import (

@@ -245,7 +245,7 @@ type options struct {
 // position, instead of from the beginning: events at or before it are never handed to it. It only
 // matters the first time: a projection that has a lifecycle record keeps its checkpoints, and a
 // new version of it is built from the beginning. To move an existing projection, use
-// `eventline move NAME --to POSITION` on a paused one.
+// `eventline reset --to POSITION NAME` on a stopped or paused one.
 func WithStartAt(position int64) Option {
 	return func(o *options) { o.start, o.startAtEnd = max(0, position), false }
 }

@@ -1,33 +1,3 @@
-// Package runner keeps projections up to date from the events table: it wakes on notifications
-// (and polls), reads pages of events without ever skipping one that commits late (the horizon of
-// docs/design.md, "The gap problem"), and hands each batch to the projection inside the
-// transaction that moves its checkpoint forward with a compare-and-set.
-//
-//	r, err := runner.New(pool, store, runner.Config{Logger: logger})
-//	r.Register(balances)                               // a projector.Projection
-//	r.Register(audit, runner.WithFailurePolicy(runner.DeadLetter))
-//	err = r.Run(ctx)                                   // blocks; returns nil after ctx ends
-//
-// Run the same runner in every process of a service: the processes share the projections (and
-// their partitions) through leases in the checkpoint rows, move the work of a process that dies
-// within about Config.Lease, and hand it over at once on a graceful stop. A process that lost its
-// lease cannot commit, since the checkpoint compare-and-set includes the owner.
-//
-// Each projection has a lifecycle record (docs/design.md, "Projection lifecycle"): which version
-// and partition count serve, any change in progress, the operator's pause and rebuild requests.
-// Deploying a new version builds it beside the active one and cuts over once it has caught up;
-// deploying a new partition count drains the old partitions to a barrier and starts the new ones
-// from it, once every live process of the version declares the new count. Rolling back is normal:
-// a process with an older version idles (Status says why); a process with another partition
-// count runs the layout the record names.
-//
-// Subscriptions serve consumers that keep their position elsewhere (a relay to a broker, a
-// websocket, another service), with no checkpoint row: Subscribe returns an iterator over batches
-// of events in global order, from the beginning, from the end or after a position, optionally
-// filtered. It has the projections' no-skip guarantee and shares the process's horizon, wake-ups
-// and page reads with them, so it needs Run running (with or without projections):
-//
-//	for batch, err := range r.Subscribe(ctx, runner.After(lastSent)) { ... }
 package runner
 
 import (

@@ -1,10 +1,3 @@
-// Package postgres is the append side of eventline: a Store that appends events to a PostgreSQL
-// events table and reads them back, using pgx transactions the caller owns.
-//
-// The tables are created by package migrations. Every statement that inserts into the events
-// table takes a shared advisory lock first (a trigger does it, so raw INSERT and COPY are covered
-// too), and Append also locks its first position when it is its transaction's first insert;
-// package runner uses those locks to read without ever skipping a late-committing event.
 package postgres
 
 import (
