@@ -64,8 +64,8 @@ import (
 // them: write the read model through tx and the writes and the checkpoint commit together, or not
 // at all. Handle must not commit or roll back tx. Returning an error (or panicking) rolls the
 // batch back; the runner retries transient database errors and otherwise finds the failing event,
-// retries it if the error is marked with Transient, and applies the projection's failure policy. Handle is never called concurrently for one
-// projection (or partition).
+// retries it if the error is marked with Transient, and applies the projection's failure policy.
+// Handle is never called concurrently for one projection (or partition).
 type Projection interface {
 	// Name identifies the projection and its checkpoint. It must be unique in a runner and stable
 	// across deploys.

@@ -24,7 +24,9 @@
 //     order; after a crash it may see some again.
 //   - A failing event stops its projection just before it (Stop, the default) or is parked
 //     (DeadLetter) with the later events of its aggregate; other projections go on ("Dead
-//     letters", "Failures and timeouts"). Transient database errors are retried.
+//     letters", "Failures and timeouts"). Transient database errors are retried; an event whose
+//     handler error is marked projector.Transient is tried again with a backoff (WithRetry)
+//     before the policy applies.
 //   - Run returns only after every goroutine it started has ended; a handler that ignores its
 //     context is cut off after ShutdownTimeout + ShutdownGrace (ErrStuck).
 //
