@@ -178,8 +178,8 @@ func registeredMetrics(t *testing.T, want map[string][]string) map[string]bool {
 	m, err := prometheus.New(reg, prometheus.Config{})
 	require.NoError(t, err)
 	r, err := runner.New(db.Pool, store, runner.Config{Logger: zaptest.NewLogger(t), Hooks: m.Hooks(),
-		PollInterval: 50 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond, Lease: 500 * time.Millisecond,
-		NodeTimeout: 300 * time.Millisecond})
+		PollInterval: 50 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond, Lease: 2 * time.Second,
+		NodeTimeout: time.Second})
 	require.NoError(t, err)
 	require.NoError(t, r.Register(poisoned{}, runner.WithFailurePolicy(runner.DeadLetter)))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -23,7 +23,7 @@ func startRunner(t *testing.T, db *pgtest.Database, store *postgres.Store) *runn
 	orders := projector.NewRouter("orders", projector.WithAggregateTypes("order"))
 	projector.OnTx(orders, "Placed", func(context.Context, pgx.Tx, eventstore.PersistedEvent, struct{}) error { return nil })
 	r, err := runner.New(db.Pool, store, runner.Config{Logger: zaptest.NewLogger(t), PollInterval: 50 * time.Millisecond,
-		HeartbeatInterval: 50 * time.Millisecond, Lease: time.Second, NodeTimeout: time.Second})
+		HeartbeatInterval: 50 * time.Millisecond, Lease: 2 * time.Second, NodeTimeout: time.Second})
 	require.NoError(t, err)
 	require.NoError(t, r.Register(orders))
 	ctx, cancel := context.WithCancel(context.Background())

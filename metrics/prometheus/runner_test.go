@@ -36,8 +36,8 @@ func (v versioned) Handle(_ context.Context, _ pgx.Tx, evs []eventstore.Persiste
 func startRunner(t *testing.T, db *pgtest.Database, m *prometheus.Metrics, projections ...versioned) {
 	t.Helper()
 	r, err := runner.New(db.Pool, postgres.NewStore(nil), runner.Config{Logger: zaptest.NewLogger(t), Hooks: m.Hooks(),
-		PollInterval: 50 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond, Lease: 500 * time.Millisecond,
-		NodeTimeout: 300 * time.Millisecond})
+		PollInterval: 50 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond, Lease: 2 * time.Second,
+		NodeTimeout: time.Second})
 	require.NoError(t, err)
 	for _, p := range projections {
 		require.NoError(t, r.Register(p))
