@@ -175,6 +175,10 @@ var (
 	// ErrInvalidEvent: an event was rejected before any SQL ran (missing aggregate, type,
 	// mixed aggregates, invalid metadata). The error text says which event and why.
 	ErrInvalidEvent = errors.New("eventstore: invalid event")
+	// ErrEventTooLarge: an event's payload and metadata together are larger than the store
+	// accepts (postgres.StoreConfig.MaxEventSize). The error text names the event, its
+	// aggregate, its size and the limit.
+	ErrEventTooLarge = errors.New("eventstore: event too large")
 )
 
 // ConcurrencyError is the error of an append whose expected version did not match.

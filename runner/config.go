@@ -20,6 +20,8 @@ const (
 	RetryMinDefault        = 50 * time.Millisecond
 	RetryMaxDefault        = 5 * time.Second
 	PageCacheDefault       = 64
+	PageBytesDefault       = 1 << 20
+	PageCacheBytesDefault  = 8 << 20
 	PersistIdleDefault     = time.Second
 	HeartbeatDefault       = time.Second
 	LeaseDefault           = 5 * time.Second
@@ -32,12 +34,23 @@ const (
 type Config struct {
 	// Logger receives the runner's logs. Defaults to discarding them (nil).
 	Logger *zap.Logger
-	// BatchSize is the most events read in one page and handed to one Handle call; it bounds the
-	// runner's memory together with PageCache. Defaults to 500.
+	// BatchSize is the most events read in one page and handed to one Handle call. Defaults to
+	// 500.
 	BatchSize int
-	// PageCache is how many pages are kept so that projections at the same position share one
-	// read (pages furthest behind are evicted first). Defaults to 64.
+	// PageBytes bounds a page in bytes too: the payloads and metadata of its events. A page ends
+	// before the event that would pass it, but always holds at least one event, which the
+	// store's MaxEventSize bounds. Defaults to 1 MiB.
+	PageBytes int
+	// PageCache is the most pages kept so that projections at the same position share one read
+	// (the least recently used are evicted first). Defaults to 64.
 	PageCache int
+	// PageCacheBytes bounds the cached pages by the memory their events take (payloads,
+	// metadata, strings and about 200 bytes per event), and so, apart, the pages read with a
+	// filter or partition in SQL. With PageBytes it bounds the runner's memory for events: the
+	// caches, plus the page each running projection is applying and the pages being read
+	// (docs/design.md, G7). Projections catching up together share pages while they are within
+	// it of each other. Defaults to 8 MiB.
+	PageCacheBytes int
 	// PollInterval is how often projections look for events without a notification, and re-read
 	// their checkpoints (to notice resets and resumes by other processes). Defaults to 1s.
 	PollInterval time.Duration
@@ -167,6 +180,8 @@ func (c Config) withDefaults() Config {
 	}
 	setInt(&c.BatchSize, BatchSizeDefault)
 	setInt(&c.PageCache, PageCacheDefault)
+	setInt(&c.PageBytes, PageBytesDefault)
+	setInt(&c.PageCacheBytes, PageCacheBytesDefault)
 	setDur(&c.PollInterval, PollIntervalDefault)
 	setDur(&c.HorizonInterval, HorizonIntervalDefault)
 	setDur(&c.HorizonMinGap, HorizonMinGapDefault)
@@ -189,6 +204,8 @@ func (c Config) validate() error {
 	}{
 		{"BatchSize", c.BatchSize < 1},
 		{"PageCache", c.PageCache < 1},
+		{"PageBytes", c.PageBytes < 1},
+		{"PageCacheBytes", c.PageCacheBytes < 1},
 		{"PollInterval", c.PollInterval < 0},
 		{"HorizonInterval", c.HorizonInterval < 0},
 		{"HorizonMinGap", c.HorizonMinGap < 0},

@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/filter"
 	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/projector"
@@ -53,7 +53,7 @@ type filteredKey struct {
 // the next one in the background.
 func (r *pageReader) getFiltered(ctx context.Context, from, h int64, sel selection) (*page, error) {
 	p, err := r.loadFiltered(ctx, from, h, sel)
-	if err == nil && len(p.events) == r.limit && p.safe < h {
+	if err == nil && p.full && p.safe < h {
 		r.prefetchFiltered(p.safe, h, sel)
 	}
 	return p, err
@@ -70,7 +70,7 @@ func (r *pageReader) loadFiltered(ctx context.Context, from, h int64, sel select
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		if c.err == nil && (len(c.p.events) == r.limit || c.p.horizon >= h) {
+		if c.err == nil && (c.p.full || c.p.horizon >= h) {
 			return c.p, nil
 		}
 		r.mu.Lock()
@@ -107,10 +107,19 @@ func (r *pageReader) dropFilteredBefore(k filteredKey) {
 	}
 }
 
-// evictFiltered keeps at most max filtered pages, dropping the one furthest behind first. Called
-// with mu held.
+// evictFiltered keeps at most max filtered pages, and at most maxBytes of them, dropping the one
+// furthest behind first. Called with mu held.
 func (r *pageReader) evictFiltered() {
-	for len(r.filtered) > r.max {
+	bytes := func() int {
+		n := 0
+		for _, c := range r.filtered {
+			if isDone(c) && c.err == nil {
+				n += c.p.bytes
+			}
+		}
+		return n
+	}
+	for len(r.filtered) > r.max || bytes() > r.maxBytes {
 		var oldest *filteredKey
 		for k, c := range r.filtered {
 			if isDone(c) && (oldest == nil || k.from < oldest.from) {
@@ -154,22 +163,20 @@ func (r *pageReader) prefetchFiltered(from, h int64, sel selection) {
 
 // readFiltered reads the events in (from, h] that sel selects, with the selection in SQL.
 func (r *pageReader) readFiltered(ctx context.Context, from, h int64, sel selection) (*page, error) {
-	m := sel.match
-	var evs []eventstore.PersistedEvent
-	var err error
-	if sel.parts > 1 {
-		evs, err = r.store.ReadPartitionBetween(ctx, r.pool, from, h, r.limit, m.AggregateTypes(), m.EventTypes(), sel.parts, sel.part)
-	} else {
-		evs, err = r.store.ReadEventsBetween(ctx, r.pool, from, h, r.limit, m.AggregateTypes(), m.EventTypes())
+	if h <= from {
+		// Nothing to read in (from, h]; the store would take h <= 0 for no upper bound.
+		return &page{from: from, safe: from, horizon: h}, nil
 	}
+	q := postgres.PageQuery{From: from, To: h, AggregateTypes: sel.match.AggregateTypes(), EventTypes: sel.match.EventTypes()}
+	if sel.parts > 1 {
+		q.Partitions, q.Partition = sel.parts, sel.part
+	}
+	evs, full, err := r.readPage(ctx, q)
 	if err != nil {
 		return nil, err
 	}
-	if r.onRead != nil {
-		r.onRead(from, len(evs))
-	}
-	p := &page{from: from, safe: h, events: evs, horizon: h}
-	if len(evs) == r.limit {
+	p := &page{from: from, safe: h, events: evs, horizon: h, full: full, bytes: pageBytes(evs)}
+	if full {
 		p.safe = evs[len(evs)-1].GlobalPosition
 	}
 	return p, nil

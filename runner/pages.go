@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"sync"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -21,20 +22,47 @@ type page struct {
 	// horizon and gen are the horizon and wake generation it was read under.
 	horizon int64
 	gen     uint64
+	// full: the read returned as many events as it could (its limit in events or in bytes), so
+	// more may follow the last one.
+	full bool
+	// bytes is what its events take in memory (pageBytes), for the cache's bound.
+	bytes int
+	// used orders the cached pages by their last use, for eviction; guarded by the reader's mu.
+	used uint64
+}
+
+// pageBytes estimates the memory the events read from the database take: the array that holds
+// them (to its capacity) and their bytes and strings.
+func pageBytes(evs []eventstore.PersistedEvent) int {
+	n := cap(evs) * int(unsafe.Sizeof(eventstore.PersistedEvent{}))
+	for i := range evs {
+		ev := &evs[i]
+		n += len(ev.Payload) + len(ev.Metadata) + len(ev.AggregateType) + len(ev.AggregateID) +
+			len(ev.EventType) + len(ev.CausationID) + len(ev.CorrelationID) + len(ev.TraceID)
+	}
+	return n
 }
 
 // pageReader reads pages once and shares them between projections at the same position
-// (docs/design.md, "Reading and dispatch"). It keeps at most max pages.
+// (docs/design.md, "Reading and dispatch"). A page holds at most limit events and, but for a
+// single event, at most pageBytes bytes of payload and metadata; reads ask for fewer events after
+// pages that pageBytes cut (adapt). The cache keeps at most max pages and at most maxBytes of
+// memory (pageBytes), and so do the filtered pages.
 type pageReader struct {
-	onRead func(from int64, events int)
-	pool   *pgxpool.Pool
-	store  *postgres.Store
-	limit  int
-	max    int
+	onRead    func(from int64, events int)
+	pool      *pgxpool.Pool
+	store     *postgres.Store
+	limit     int
+	pageBytes int
+	max       int
+	maxBytes  int
 
 	mu       sync.Mutex
 	inflight map[int64]*pageCall
 	cache    map[int64]*page
+	next     int                       // the limit of the next read: see adapt
+	bytes    int                       // of the cached pages
+	uses     uint64                    // counts the uses of cached pages, to order them (page.used)
 	filtered map[filteredKey]*pageCall // filtered pages read or being read (filtered.go)
 	// partitionSQL: the database selects partitions as projector.PartitionOf does (filtered.go).
 	partitionSQL bool
@@ -48,15 +76,18 @@ type pageCall struct {
 	err  error
 }
 
-func newPageReader(pool *pgxpool.Pool, store *postgres.Store, limit, max int) *pageReader {
+func newPageReader(pool *pgxpool.Pool, store *postgres.Store, limit, pageBytes, max, maxBytes int) *pageReader {
 	return &pageReader{
-		pool:     pool,
-		store:    store,
-		limit:    limit,
-		max:      max,
-		inflight: map[int64]*pageCall{},
-		cache:    map[int64]*page{},
-		filtered: map[filteredKey]*pageCall{},
+		pool:      pool,
+		store:     store,
+		limit:     limit,
+		pageBytes: pageBytes,
+		max:       max,
+		maxBytes:  maxBytes,
+		next:      limit,
+		inflight:  map[int64]*pageCall{},
+		cache:     map[int64]*page{},
+		filtered:  map[filteredKey]*pageCall{},
 	}
 }
 
@@ -75,6 +106,8 @@ func (r *pageReader) get(ctx context.Context, from, h int64, gen uint64) (*page,
 func (r *pageReader) load(ctx context.Context, from, h int64, gen uint64) (*page, error) {
 	r.mu.Lock()
 	if p, ok := r.cache[from]; ok && (p.final || (p.gen == gen && p.horizon >= h)) {
+		r.uses++
+		p.used = r.uses
 		r.mu.Unlock()
 		return p, nil
 	}
@@ -99,16 +132,25 @@ func (r *pageReader) load(ctx context.Context, from, h int64, gen uint64) (*page
 	r.mu.Lock()
 	delete(r.inflight, from)
 	if c.err == nil {
+		if old, ok := r.cache[from]; ok {
+			r.bytes -= old.bytes
+		}
+		r.uses++
+		c.p.used = r.uses
 		r.cache[from] = c.p
-		for len(r.cache) > r.max {
-			// Evict the page furthest behind: during a catch-up the projections move forwards.
-			oldest := int64(-1)
-			for k := range r.cache {
-				if oldest < 0 || k < oldest {
-					oldest = k
+		r.bytes += c.p.bytes
+		for len(r.cache) > r.max || r.bytes > r.maxBytes {
+			// Evict the page least recently used: during a catch-up, one that every projection
+			// has passed, rather than the one the last of them is about to read. That may be the
+			// page just read; its callers have it all the same.
+			var victim *page
+			for _, p := range r.cache {
+				if victim == nil || p.used < victim.used {
+					victim = p
 				}
 			}
-			delete(r.cache, oldest)
+			r.bytes -= victim.bytes
+			delete(r.cache, victim.from)
 		}
 	}
 	r.mu.Unlock()
@@ -160,17 +202,63 @@ func (r *pageReader) wait() {
 // (docs/design.md, "The gap problem"). h must have been obtained before this call: the query's
 // snapshot then sees every committed position <= h.
 func (r *pageReader) read(ctx context.Context, from, h int64, gen uint64) (*page, error) {
-	evs, err := r.store.ReadEvents(ctx, r.pool, from, r.limit)
+	evs, full, err := r.readPage(ctx, postgres.PageQuery{From: from})
 	if err != nil {
 		return nil, err
 	}
-	if r.onRead != nil {
-		r.onRead(from, len(evs))
-	}
-	return cut(evs, from, h, r.limit, gen), nil
+	p := cut(evs, from, h, full, gen)
+	p.bytes = pageBytes(evs) // p.events shares evs' array, events cut off included
+	return p, nil
 }
 
-func cut(evs []eventstore.PersistedEvent, from, h int64, limit int, gen uint64) *page {
+// readPage reads the page q asks for (From, and any filter, To and partition) under the limit in
+// events of the moment and the bound in bytes, and reports whether it is full: more events may
+// follow its last one.
+func (r *pageReader) readPage(ctx context.Context, q postgres.PageQuery) (evs []eventstore.PersistedEvent, full bool, err error) {
+	r.mu.Lock()
+	q.Limit = r.next
+	r.mu.Unlock()
+	q.MaxBytes = r.pageBytes
+	evs, short, err := r.store.ReadPage(ctx, r.pool, q)
+	if err != nil {
+		return nil, false, err
+	}
+	r.adapt(q.Limit, len(evs), short)
+	if r.onRead != nil {
+		r.onRead(q.From, len(evs))
+	}
+	return clip(evs), short || len(evs) == q.Limit, nil
+}
+
+// adapt sets the limit of the next reads from a read of limit events that returned n, short if
+// PageBytes cut it. The store applies the byte bound as the rows arrive and drops the rows after
+// it, so after a cut the next reads ask for as many events as fitted, and ask for more again, a
+// quarter at a time up to BatchSize, after reads that were full without a cut: events of a steady
+// large size cost one row dropped every other page, small events none.
+func (r *pageReader) adapt(limit, n int, short bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case short:
+		r.next = max(1, n)
+	case n == limit:
+		r.next = min(r.limit, max(r.next, limit+max(1, limit/4)))
+	}
+}
+
+// clip returns evs in an array of its length when the read left most of its array unused (a few
+// events in a live tail), so that a cached page does not hold memory for BatchSize events.
+func clip(evs []eventstore.PersistedEvent) []eventstore.PersistedEvent {
+	if cap(evs) <= 2*len(evs) {
+		return evs
+	}
+	return append([]eventstore.PersistedEvent(nil), evs...)
+}
+
+// cut makes the page of the visible events evs read after from under horizon h. full says that
+// more events may follow evs' last one: the read returned as many as it could (its limit in
+// events or in bytes).
+func cut(evs []eventstore.PersistedEvent, from, h int64, full bool, gen uint64) *page {
 	p := &page{from: from, safe: from, horizon: h, gen: gen}
 	n := len(evs)
 	for i := range evs {
@@ -183,11 +271,12 @@ func cut(evs []eventstore.PersistedEvent, from, h int64, limit int, gen uint64) 
 		p.held = true
 		break
 	}
-	if p.held || len(evs) < limit {
+	if p.held || !full {
 		// Every visible event at or below h was read, and the holes below h are settled.
 		p.safe = max(p.safe, h)
 	}
 	p.events = evs[:n:n]
-	p.final = !p.held && len(evs) == limit
+	p.full = full
+	p.final = !p.held && full
 	return p
 }

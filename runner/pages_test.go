@@ -16,6 +16,7 @@ func TestCut(t *testing.T) {
 		visible  []int64 // positions read, in order
 		from, h  int64
 		limit    int
+		cutShort bool    // the read stopped at its byte bound
 		events   []int64 // positions kept
 		safe     int64
 		held     bool
@@ -48,13 +49,19 @@ func TestCut(t *testing.T) {
 			events: []int64{6, 7, 8}, safe: 8, final: true},
 		{name: "full page with a hole above the horizon", visible: []int64{6, 7, 9}, from: 5, h: 5, limit: 3,
 			events: []int64{6, 7}, safe: 7, held: true},
+		{name: "page cut by its byte bound below the horizon", visible: []int64{6, 9}, from: 5, h: 20, limit: 10, cutShort: true,
+			events: []int64{6, 9}, safe: 9, final: true, describe: "events after 9 exist: the page must not move to h"},
+		{name: "page cut by its byte bound above the horizon", visible: []int64{6, 7}, from: 5, h: 5, limit: 10, cutShort: true,
+			events: []int64{6, 7}, safe: 7, final: true},
+		{name: "page cut by its byte bound, then a hole", visible: []int64{6, 8}, from: 5, h: 5, limit: 10, cutShort: true,
+			events: []int64{6}, safe: 6, held: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			evs := make([]eventstore.PersistedEvent, len(tc.visible))
 			for i, pos := range tc.visible {
 				evs[i].GlobalPosition = pos
 			}
-			p := cut(evs, tc.from, tc.h, tc.limit, 7)
+			p := cut(evs, tc.from, tc.h, tc.cutShort || len(evs) == tc.limit, 7)
 			got := make([]int64, 0, len(p.events))
 			for _, ev := range p.events {
 				got = append(got, ev.GlobalPosition)

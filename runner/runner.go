@@ -96,7 +96,7 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 	}
 	events := sqlname.MustParse(names.EventsTable)
 	ev := events.Quoted()
-	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageCache)
+	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageBytes, cfg.PageCache, cfg.PageCacheBytes)
 	pages.onRead = cfg.Hooks.PageRead
 	return &Runner{
 		pool:   pool,

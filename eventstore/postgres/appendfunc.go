@@ -16,10 +16,15 @@ import (
 // version is not the expected one: VC409, "version conflict".
 const ConflictSQLState = "VC409"
 
+// programLimitExceeded is the SQLSTATE of an event larger than eventline.max_event_size.
+const programLimitExceeded = "54000"
+
 // MapAppendFuncError maps an error from a call of the append function to the errors Append
 // returns: its version conflict becomes a *eventstore.ConcurrencyError (matching
-// eventstore.ErrOptimisticConcurrency), and a stored event ID an error matching
-// eventstore.ErrDuplicateEventID. Any other error, nil included, is returned unchanged.
+// eventstore.ErrOptimisticConcurrency), a stored event ID an error matching
+// eventstore.ErrDuplicateEventID, and an event larger than the setting eventline.max_event_size
+// (migration 0008) one matching eventstore.ErrEventTooLarge. Any other error, nil included, is
+// returned unchanged.
 func MapAppendFuncError(err error) error {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
@@ -43,6 +48,8 @@ func MapAppendFuncError(err error) error {
 		}
 		return &eventstore.ConcurrencyError{AggregateType: d.AggregateType, AggregateID: d.AggregateID,
 			Expected: expected, Actual: d.Actual}
+	case pgErr.Code == programLimitExceeded && strings.HasPrefix(pgErr.Message, "eventline append"):
+		return fmt.Errorf("%w: %s", eventstore.ErrEventTooLarge, pgErr.Message)
 	case pgErr.Code == uniqueViolation && strings.Contains(pgErr.Detail, "(event_id)"):
 		return fmt.Errorf("%w: %s", eventstore.ErrDuplicateEventID, pgErr.Detail)
 	}
