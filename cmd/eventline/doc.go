@@ -41,8 +41,10 @@
 //	--projections-table NAME  defaults to "eventline_projections" (the lifecycle records)
 //
 // Table names are plain identifiers, optionally schema-qualified ("app.events"). migrate also
-// takes --aggregate-heads-table and --migrations-table, which only it uses. Flags may be written
-// with one dash or two.
+// takes --aggregate-heads-table and --migrations-table, which only it uses. Each --X-table flag
+// sets the field XTable of eventline.Names, the value the application gives its store: give the
+// CLI the names the application uses. Invalid names, or two flags naming one table, are usage
+// errors (exit 2) before anything connects. Flags may be written with one dash or two.
 //
 // # Pause, resume, rebuild
 //
