@@ -1,7 +1,6 @@
 package runner_test
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -39,8 +38,9 @@ func upsertSQL(table string) string {
 // run with hand-written pgx loops that read the same pages (one transaction per page, position
 // saved in it) and send the same upserts (a) as one pgx.Batch per page, (b) one Exec per event.
 // For context it also runs the same handler registered with projector.OnTx (one tx.Exec per
-// event). Client CPU and heap allocations are per event, for the whole test process.
-// Run with -benchtime=1x.
+// event). Each of EVENTLINE_BENCH_ROUNDS rounds (default 3) runs all four, the first one
+// rotating; the table shows medians, and the ratios are paired within a round. Client CPU and
+// heap allocations are per event, for the whole test process. Run with -benchtime=1x.
 func BenchmarkPerEventHandler(b *testing.B) {
 	n := envInt("EVENTLINE_BENCH_HANDLER_EVENTS", 200_000)
 	aggregates := min(20_000, n)
@@ -102,7 +102,7 @@ func BenchmarkPerEventHandler(b *testing.B) {
 	}
 	round := 0
 	runRouter := func(name string, register func(r *projector.Router, t string)) result {
-		round++
+		round++ // a new projection each time: it starts from 0
 		return measure(name, func(t string) error {
 			r := projector.NewRouter(fmt.Sprintf("%s_%d", name, round), projector.WithAggregateTypes("bench"))
 			register(r, t)
@@ -120,48 +120,63 @@ func BenchmarkPerEventHandler(b *testing.B) {
 		return func(string) error { return perEventLoop(ctx, pool, store, name, batch, batched) }
 	}
 
-	// The two close contenders alternate over several rounds (medians); the slow ones run once.
-	var onRounds, batchRounds []result
-	for i := range envInt("EVENTLINE_BENCH_ROUNDS", 3) {
-		if i%2 == 0 {
-			onRounds = append(onRounds, runRouter("on", readme))
-			batchRounds = append(batchRounds, measure("pgx_batch", pgxLoop("pgx_batch", true)))
-		} else {
-			batchRounds = append(batchRounds, measure("pgx_batch", pgxLoop("pgx_batch", true)))
-			onRounds = append(onRounds, runRouter("on", readme))
-		}
-	}
-	median := func(rs []result) result {
-		slices.SortFunc(rs, func(a, b result) int { return cmp.Compare(a.evs, b.evs) })
-		return rs[len(rs)/2]
-	}
-	batched, pgxBatch := median(onRounds), median(batchRounds)
-	pgxExec := measure("pgx_exec", pgxLoop("pgx_exec", false))
-	onTx := runRouter("ontx", func(r *projector.Router, t string) {
+	onTx := func(r *projector.Router, t string) {
 		upsert := upsertSQL(t)
 		projector.OnTx(r, "Counted", func(ctx context.Context, tx pgx.Tx, ev eventstore.PersistedEvent, p benchAmount) error {
 			_, err := tx.Exec(ctx, upsert, ev.AggregateID, p.Amount)
 			return err
 		})
-	})
+	}
+	contenders := []struct {
+		what string
+		run  func() result
+	}{
+		{"eventline, `projector.On` (README): writes queued on `projector.Writes`", func() result { return runRouter("on", readme) }},
+		{"(a) pgx loop, one `pgx.Batch` per page", func() result { return measure("pgx_batch", pgxLoop("pgx_batch", true)) }},
+		{"(b) pgx loop, one `Exec` per event", func() result { return measure("pgx_exec", pgxLoop("pgx_exec", false)) }},
+		{"eventline, `projector.OnTx`: one `tx.Exec` per event", func() result { return runRouter("ontx", onTx) }},
+	}
+	// Every round runs every contender, starting with a different one, so that the load of a
+	// shared machine falls on all of them; the ratios are paired within a round, then the median
+	// is taken.
+	rounds := envInt("EVENTLINE_BENCH_ROUNDS", 3)
+	results := make([][]result, len(contenders)) // [contender][round]
+	for i := range rounds {
+		for k := range contenders {
+			c := (i + k) % len(contenders)
+			results[c] = append(results[c], contenders[c].run())
+		}
+	}
+	median := func(xs []float64) float64 {
+		xs = slices.Clone(xs)
+		slices.Sort(xs)
+		return xs[len(xs)/2]
+	}
+	field := func(c int, f func(result) float64) float64 {
+		var xs []float64
+		for _, r := range results[c] {
+			xs = append(xs, f(r))
+		}
+		return median(xs)
+	}
+	ratio := func(c int) float64 { // eventline On over contender c, paired by round
+		var xs []float64
+		for i := range rounds {
+			xs = append(xs, results[0][i].evs/results[c][i].evs)
+		}
+		return median(xs)
+	}
 
-	b.ReportMetric(batched.evs, "events/s")
-	b.ReportMetric(batched.evs/pgxBatch.evs, "x-pgx-batch")
-	b.ReportMetric(batched.evs/pgxExec.evs, "x-pgx-exec")
-	fmt.Printf("\nCatch-up of %d events over %d aggregates, one upsert per event (pages of %d), against hand-written pgx loops (medians of %d rounds for the first two):\n",
-		n, aggregates, batch, len(onRounds))
+	b.ReportMetric(field(0, func(r result) float64 { return r.evs }), "events/s")
+	b.ReportMetric(ratio(1), "x-pgx-batch")
+	b.ReportMetric(ratio(2), "x-pgx-exec")
+	fmt.Printf("\nCatch-up of %d events over %d aggregates, one upsert per event (pages of %d), against hand-written pgx loops (medians of %d rounds):\n",
+		n, aggregates, batch, rounds)
 	fmt.Println("| reader | events/s | eventline (On) vs it | client CPU µs/event | allocs/event |")
 	fmt.Println("|---|---|---|---|---|")
-	for _, r := range []struct {
-		what string
-		res  result
-	}{
-		{"eventline, `projector.On` (README): writes queued on `projector.Writes`", batched},
-		{"(a) pgx loop, one `pgx.Batch` per page", pgxBatch},
-		{"(b) pgx loop, one `Exec` per event", pgxExec},
-		{"eventline, `projector.OnTx`: one `tx.Exec` per event", onTx},
-	} {
-		fmt.Printf("| %s | %.0f | %.2fx | %.1f | %.1f |\n", r.what, r.res.evs, batched.evs/r.res.evs, r.res.cpu, r.res.allocs)
+	for c, con := range contenders {
+		fmt.Printf("| %s | %.0f | %.2fx | %.1f | %.1f |\n", con.what, field(c, func(r result) float64 { return r.evs }), ratio(c),
+			field(c, func(r result) float64 { return r.cpu }), field(c, func(r result) float64 { return r.allocs }))
 	}
 }
 
