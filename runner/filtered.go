@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -32,7 +33,7 @@ func newSelection(m filter.Matcher, parts, part int) selection {
 		parts, part = 1, 0
 	}
 	return selection{match: m, parts: parts, part: part,
-		key: fmt.Sprintf("%d/%d %q %q", part, parts, m.AggregateTypes(), m.EventTypes())}
+		key: fmt.Sprintf("%d/%d|%s|%s", part, parts, strings.Join(m.AggregateTypes(), ","), strings.Join(m.EventTypes(), ","))}
 }
 
 // all reports whether the selection is every event.
@@ -44,15 +45,15 @@ type filteredKey struct {
 	sel  string
 }
 
-// getFiltered returns the events in (from, h] that sel selects, read with the selection in SQL:
-// the first BatchSize of them, the page then safe up to the last one, or all of them, the page
-// then safe up to h. Every position up to h is settled, so a page read under any horizon is
-// correct to apply later; one that is not full is reused only under a horizon at least as high.
-// Units with the same selection at the same position share the read. After a full page it reads
-// the next one in the background.
+// getFiltered returns events after from that sel selects, read with the selection in SQL: every
+// selected event up to the page's safe position, which is at most h (see readFiltered). Every
+// position up to h is settled, so a page read under any horizon is correct to apply later; one
+// that is not full is reused only under a horizon at least as high. Units with the same selection
+// at the same position share the read. When the page stops short of h, the next one is read in
+// the background.
 func (r *pageReader) getFiltered(ctx context.Context, from, h int64, sel selection) (*page, error) {
 	p, err := r.loadFiltered(ctx, from, h, sel)
-	if err == nil && p.full && p.safe < h {
+	if err == nil && p.safe < h {
 		r.prefetchFiltered(p.safe, h, sel)
 	}
 	return p, err
@@ -160,7 +161,11 @@ func (r *pageReader) prefetchFiltered(from, h int64, sel selection) {
 	}()
 }
 
-// readFiltered reads the events in (from, h] that sel selects, with the selection in SQL.
+// readFiltered reads the events in (from, h] that sel selects, with the selection in SQL. A
+// partition's read looks at a window of positions after from that holds about two pages of the
+// partition's events, not at all of (from, h]: the planner cannot estimate how many rows match
+// the partition's predicate, guesses very few, and would scan and sort the whole range for every
+// page instead of walking the primary key. The page is then safe up to the window's end.
 func (r *pageReader) readFiltered(ctx context.Context, from, h int64, sel selection) (*page, error) {
 	if h <= from {
 		// Nothing to read in (from, h]; the store would take h <= 0 for no upper bound.
@@ -168,18 +173,23 @@ func (r *pageReader) readFiltered(ctx context.Context, from, h int64, sel select
 	}
 	q := postgres.PageQuery{From: from, To: h, AggregateTypes: sel.match.AggregateTypes(), EventTypes: sel.match.EventTypes()}
 	if sel.parts > 1 {
+		q.To = min(h, from+partitionWindow(r.limit, sel.parts))
 		q.Partitions, q.Partition = sel.parts, sel.part
 	}
 	evs, full, err := r.readPage(ctx, q)
 	if err != nil {
 		return nil, err
 	}
-	p := &page{from: from, safe: h, events: evs, horizon: h, full: full, bytes: pageBytes(evs)}
+	p := &page{from: from, safe: q.To, events: evs, horizon: h, full: full, bytes: pageBytes(evs)}
 	if full {
 		p.safe = evs[len(evs)-1].GlobalPosition
 	}
 	return p, nil
 }
+
+// partitionWindow is how many positions one read of a partition looks at: about two pages of its
+// events when aggregates spread evenly.
+func partitionWindow(limit, parts int) int64 { return 2 * int64(limit) * int64(parts) }
 
 // partitionProbe holds the aggregate IDs on which the runner checks, at start, that the database
 // computes projector.PartitionOf as Go does: ASCII and 2- to 4-byte UTF-8, several tail lengths
