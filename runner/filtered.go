@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -33,7 +32,7 @@ func newSelection(m filter.Matcher, parts, part int) selection {
 		parts, part = 1, 0
 	}
 	return selection{match: m, parts: parts, part: part,
-		key: fmt.Sprintf("%d/%d|%s|%s", part, parts, strings.Join(m.AggregateTypes(), ","), strings.Join(m.EventTypes(), ","))}
+		key: fmt.Sprintf("%d/%d %q %q", part, parts, m.AggregateTypes(), m.EventTypes())}
 }
 
 // all reports whether the selection is every event.
