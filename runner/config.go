@@ -22,10 +22,13 @@ const (
 	PageCacheDefault       = 64
 	PageBytesDefault       = 1 << 20
 	PageCacheBytesDefault  = 8 << 20
-	PersistIdleDefault     = time.Second
-	HeartbeatDefault       = time.Second
-	LeaseDefault           = 5 * time.Second
-	NodeTimeoutDefault     = 5 * time.Second
+	// PageCacheBytesPerProjection is added to PageCacheBytesDefault for each registered
+	// projection or detached handler after the first, when Config.PageCacheBytes is 0.
+	PageCacheBytesPerProjection = 2 << 20
+	PersistIdleDefault          = time.Second
+	HeartbeatDefault            = time.Second
+	LeaseDefault                = 5 * time.Second
+	NodeTimeoutDefault          = 5 * time.Second
 )
 
 // Config configures a Runner. The zero value is valid: every field has a default. The tables and
@@ -49,7 +52,9 @@ type Config struct {
 	// filter or partition in SQL. With PageBytes it bounds the runner's memory for events: the
 	// caches, plus the page each running projection is applying and the pages being read
 	// (docs/design.md, G7). Projections catching up together share pages while they are within
-	// it of each other. Defaults to 8 MiB.
+	// it of each other, so the default grows with their number: 8 MiB, plus 2 MiB for each
+	// registered projection or detached handler after the first (PageCacheBytesDefault,
+	// PageCacheBytesPerProjection), counted when Run starts. 0 means that default.
 	PageCacheBytes int
 	// PollInterval is how often projections look for events without a notification, and re-read
 	// their checkpoints (to notice resets and resumes by other processes). Defaults to 1s.
@@ -181,7 +186,6 @@ func (c Config) withDefaults() Config {
 	setInt(&c.BatchSize, BatchSizeDefault)
 	setInt(&c.PageCache, PageCacheDefault)
 	setInt(&c.PageBytes, PageBytesDefault)
-	setInt(&c.PageCacheBytes, PageCacheBytesDefault)
 	setDur(&c.PollInterval, PollIntervalDefault)
 	setDur(&c.HorizonInterval, HorizonIntervalDefault)
 	setDur(&c.HorizonMinGap, HorizonMinGapDefault)
@@ -205,7 +209,7 @@ func (c Config) validate() error {
 		{"BatchSize", c.BatchSize < 1},
 		{"PageCache", c.PageCache < 1},
 		{"PageBytes", c.PageBytes < 1},
-		{"PageCacheBytes", c.PageCacheBytes < 1},
+		{"PageCacheBytes", c.PageCacheBytes < 0},
 		{"PollInterval", c.PollInterval < 0},
 		{"HorizonInterval", c.HorizonInterval < 0},
 		{"HorizonMinGap", c.HorizonMinGap < 0},

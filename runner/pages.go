@@ -180,6 +180,13 @@ func (r *pageReader) prefetch(from, h int64, gen uint64) {
 	}()
 }
 
+// setMaxBytes sets the cache's bound in bytes (Config.PageCacheBytes).
+func (r *pageReader) setMaxBytes(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.maxBytes = n
+}
+
 // start enables prefetching until ctx ends; wait then waits for the prefetches in flight.
 func (r *pageReader) start(ctx context.Context) {
 	r.mu.Lock()

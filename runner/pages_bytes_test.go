@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventline/eventline/eventstore"
@@ -91,4 +92,48 @@ func TestAdaptLimit(t *testing.T) {
 		r.adapt(r.next, r.next, false)
 	}
 	require.Equal(t, 500, r.next, "back to BatchSize")
+}
+
+type nopProjection string
+
+func (p nopProjection) Name() string { return string(p) }
+func (nopProjection) Handle(context.Context, pgx.Tx, []eventstore.PersistedEvent) error {
+	return nil
+}
+
+// With PageCacheBytes left at 0, the cache's bound grows with the projections registered when Run
+// starts: more projections, more reads to share.
+func TestPageCacheBytesDefaultGrowsWithProjections(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDatabase(t)
+	for _, tc := range []struct {
+		cfg         Config
+		projections int
+		want        int
+	}{
+		{Config{}, 1, PageCacheBytesDefault},
+		{Config{}, 10, PageCacheBytesDefault + 9*PageCacheBytesPerProjection},
+		{Config{PageCacheBytes: 3 << 20}, 10, 3 << 20},
+	} {
+		r, err := New(db.Pool, postgres.NewStore(nil), tc.cfg)
+		require.NoError(t, err)
+		for i := range tc.projections {
+			require.NoError(t, r.Register(nopProjection(fmt.Sprintf("p%d", i))))
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		require.Eventually(t, func() bool {
+			r.pages.mu.Lock()
+			defer r.pages.mu.Unlock()
+			return r.pages.bg != nil
+		}, time.Minute, 5*time.Millisecond, "Run starts the page reader")
+		r.pages.mu.Lock()
+		got := r.pages.maxBytes
+		r.pages.mu.Unlock()
+		cancel()
+		require.NoError(t, <-done)
+		require.Equal(t, tc.want, got, "%d projections, %+v", tc.projections, tc.cfg.PageCacheBytes)
+	}
+	require.Error(t, Config{PageCacheBytes: -1}.withDefaults().validate())
 }

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -96,7 +97,7 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 	}
 	events := sqlname.MustParse(names.EventsTable)
 	ev := events.Quoted()
-	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageBytes, cfg.PageCache, cfg.PageCacheBytes)
+	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageBytes, cfg.PageCache, cmp.Or(cfg.PageCacheBytes, PageCacheBytesDefault))
 	pages.onRead = cfg.Hooks.PageRead
 	return &Runner{
 		pool:   pool,
@@ -259,6 +260,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer stopTimer()
 
 	g, gctx := errgroup.WithContext(ctx)
+	if r.cfg.PageCacheBytes == 0 {
+		r.pages.setMaxBytes(PageCacheBytesDefault + PageCacheBytesPerProjection*max(0, len(regs)-1))
+	}
 	r.pages.start(gctx)
 	r.life.up(tracker, gctx)
 	g.Go(func() error {
