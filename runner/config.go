@@ -45,7 +45,7 @@ type Config struct {
 	// store's MaxEventSize bounds. Defaults to 1 MiB.
 	PageBytes int
 	// PageCache is the most pages kept so that projections at the same position share one read
-	// (the least recently used are evicted first). Defaults to 64.
+	// (pages furthest behind are evicted first). Defaults to 64.
 	PageCache int
 	// PageCacheBytes bounds the cached pages by the memory their events take (payloads,
 	// metadata, strings and about 200 bytes per event), and so, apart, the pages read with a

@@ -27,8 +27,6 @@ type page struct {
 	full bool
 	// bytes is what its events take in memory (pageBytes), for the cache's bound.
 	bytes int
-	// used orders the cached pages by their last use, for eviction; guarded by the reader's mu.
-	used uint64
 }
 
 // pageBytes estimates the memory the events read from the database take: the array that holds
@@ -62,7 +60,6 @@ type pageReader struct {
 	cache    map[int64]*page
 	next     int                       // the limit of the next read: see adapt
 	bytes    int                       // of the cached pages
-	uses     uint64                    // counts the uses of cached pages, to order them (page.used)
 	filtered map[filteredKey]*pageCall // filtered pages read or being read (filtered.go)
 	// partitionSQL: the database selects partitions as projector.PartitionOf does (filtered.go).
 	partitionSQL bool
@@ -106,8 +103,6 @@ func (r *pageReader) get(ctx context.Context, from, h int64, gen uint64) (*page,
 func (r *pageReader) load(ctx context.Context, from, h int64, gen uint64) (*page, error) {
 	r.mu.Lock()
 	if p, ok := r.cache[from]; ok && (p.final || (p.gen == gen && p.horizon >= h)) {
-		r.uses++
-		p.used = r.uses
 		r.mu.Unlock()
 		return p, nil
 	}
@@ -135,17 +130,14 @@ func (r *pageReader) load(ctx context.Context, from, h int64, gen uint64) (*page
 		if old, ok := r.cache[from]; ok {
 			r.bytes -= old.bytes
 		}
-		r.uses++
-		c.p.used = r.uses
 		r.cache[from] = c.p
 		r.bytes += c.p.bytes
 		for len(r.cache) > r.max || r.bytes > r.maxBytes {
-			// Evict the page least recently used: during a catch-up, one that every projection
-			// has passed, rather than the one the last of them is about to read. That may be the
-			// page just read; its callers have it all the same.
+			// Evict the page furthest behind: during a catch-up the projections move forwards.
+			// That may be the page just read; its callers have it all the same.
 			var victim *page
 			for _, p := range r.cache {
-				if victim == nil || p.used < victim.used {
+				if victim == nil || p.from < victim.from {
 					victim = p
 				}
 			}

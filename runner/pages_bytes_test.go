@@ -15,7 +15,7 @@ import (
 	"github.com/eventline/eventline/internal/pgtest"
 )
 
-// The page cache keeps at most its bound in bytes: pages least recently used are evicted first, and
+// The page cache keeps at most its bound in bytes: pages furthest behind are evicted first, and
 // its count of bytes is the sum over the pages it holds.
 func TestPageCacheBoundedInBytes(t *testing.T) {
 	t.Parallel()
