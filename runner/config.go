@@ -155,8 +155,10 @@ type UnitInfo struct {
 	Lag time.Duration
 }
 
-// UnitStates are the values UnitInfo.State takes.
-var UnitStates = []string{"running", "stopped", "paused", "building", "waiting", "retired", "standby"}
+// UnitStates returns the values UnitInfo.State takes (a new slice on each call).
+func UnitStates() []string {
+	return []string{"running", "stopped", "paused", "building", "waiting", "retired", "standby"}
+}
 
 // BatchInfo describes a committed batch.
 type BatchInfo struct {

@@ -56,6 +56,9 @@ import (
 	"github.com/eventline/eventline/runner"
 )
 
+// unitStates are the values of eventline_unit_state's state label.
+var unitStates = runner.UnitStates()
+
 // NamespaceDefault is the prefix of every metric name unless Config.Namespace sets another.
 const NamespaceDefault = "eventline"
 
@@ -335,7 +338,7 @@ func (m *Metrics) heartbeat(h runner.HeartbeatInfo) {
 			s.owned.get(s).Set(0)
 		}
 		if u.State != "" {
-			for _, st := range runner.UnitStates {
+			for _, st := range unitStates {
 				v := 0.0
 				if st == u.State {
 					v = 1

@@ -352,14 +352,14 @@ eventline_owned{partition="3",projection="orders",version="2"} 0
 	require.Equal(t, 1.0, state("orders", "1", "0", "stopped"))
 	require.Equal(t, 0.0, state("orders", "1", "0", "running"))
 	require.Equal(t, 1.0, state("orders", "2", "3", "building"))
-	require.Equal(t, 2*len(runner.UnitStates), testutil.CollectAndCount(m.state))
+	require.Equal(t, 2*len(runner.UnitStates()), testutil.CollectAndCount(m.state))
 
 	// orders@2 is gone (retired, or handed over): its gauges go, its counters stay; orders@1
 	// comes back with new gauges after it was gone too.
 	h.Heartbeat(runner.HeartbeatInfo{Horizon: 43, Units: []runner.UnitInfo{
 		{Unit: runner.Unit{Projection: "orders", Version: 1, Partitions: 1}, Owned: true, State: "running", Position: 43},
 	}})
-	require.Equal(t, len(runner.UnitStates), testutil.CollectAndCount(m.state))
+	require.Equal(t, len(runner.UnitStates()), testutil.CollectAndCount(m.state))
 	require.Equal(t, 1, testutil.CollectAndCount(m.owned))
 	require.Equal(t, 1, testutil.CollectAndCount(m.position))
 	require.Equal(t, 2, testutil.CollectAndCount(m.batches), "counters stay")
