@@ -23,7 +23,7 @@ const programLimitExceeded = "54000"
 // returns: its version conflict becomes a *eventstore.ConcurrencyError (matching
 // eventstore.ErrOptimisticConcurrency), a stored event ID an error matching
 // eventstore.ErrDuplicateEventID, and an event larger than the setting eventline.max_event_size
-// (migration 0008) one matching eventstore.ErrEventTooLarge. Any other error, nil included, is
+// (migration 0005) one matching eventstore.ErrEventTooLarge. Any other error, nil included, is
 // returned unchanged.
 func MapAppendFuncError(err error) error {
 	var pgErr *pgconn.PgError

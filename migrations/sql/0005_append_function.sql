@@ -63,6 +63,14 @@ ALTER TABLE {{.Events}} ALTER COLUMN event_id SET DEFAULT {{.UUIDv7Func}}();
 -- UPDATE on {{.AggregateHeads}}. A conflict or error aborts the caller's transaction (use a savepoint to go
 -- on).
 --
+-- It refuses events larger than a maximum, as Store.Append does with StoreConfig.MaxEventSize.
+-- The maximum is the setting eventline.max_event_size, in bytes of payload (as stored) plus
+-- metadata (as jsonb text); unset or empty, 1048576 (1 MiB, Store.Append's default). Set it for a
+-- database or a role (ALTER DATABASE ... SET eventline.max_event_size = '4194304') to match a
+-- store configured otherwise. A larger event raises SQLSTATE 54000 (program_limit_exceeded)
+-- naming the event, which postgres.MapAppendFuncError turns into an error matching
+-- eventstore.ErrEventTooLarge; nothing is written.
+--
 -- Created, not replaced: the function belongs to this events table, and a name taken by another
 -- object fails here instead of being redirected.
 CREATE FUNCTION {{.AppendFunc}}(
@@ -80,6 +88,7 @@ DECLARE
     head      bigint; -- the aggregate's version before this append; NULL: the expectation failed
     actual    bigint;
     problem   text;
+    max_size  bigint;
     ts        timestamptz := clock_timestamp();
     positions bigint[];
     ids       uuid[];
@@ -124,6 +133,25 @@ BEGIN
     LIMIT 1;
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION '%', problem USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- The size limit, as Store.Append's MaxEventSize: payload (as stored) plus metadata (as
+    -- jsonb text).
+    max_size := coalesce(nullif(current_setting('eventline.max_event_size', true), ''), '1048576')::bigint;
+    SELECT format('eventline append to %s %s: event %s (%s) is too large: %s bytes of payload and metadata, more than the maximum of %s (eventline.max_event_size)',
+            $1, to_json($2), s.o - 1, s.event_type, s.size, max_size) INTO problem
+    FROM (
+        SELECT x.o, x.e->>'event_type' AS event_type,
+            coalesce(octet_length(decode(x.e->>'payload_base64', 'base64')),
+                     CASE WHEN x.e ? 'payload' THEN octet_length(convert_to((x.e->'payload')::text, 'UTF8')) END, 0)
+            + coalesce(octet_length(nullif(x.e->'metadata', 'null'::jsonb)::text), 0) AS size
+        FROM jsonb_array_elements($4) WITH ORDINALITY AS x(e, o)
+    ) s
+    WHERE s.size > max_size
+    ORDER BY s.o
+    LIMIT 1;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION '%', problem USING ERRCODE = 'program_limit_exceeded';
     END IF;
 
     -- Move the head row, as Append's statement does; the row stays locked until the transaction
