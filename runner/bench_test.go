@@ -40,6 +40,18 @@ func (c *counter) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.Per
 	return err
 }
 
+// benchPool opens a pool of at most maxConns connections to db; the caller closes it.
+func benchPool(b *testing.B, db *pgtest.Database, maxConns int) *pgxpool.Pool {
+	b.Helper()
+	cfg := db.Config(b)
+	cfg.MaxConns = int32(maxConns)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return pool
+}
+
 func loadEvents(b *testing.B, pool *pgxpool.Pool, n int) { loadEventsOver(b, pool, n, 1000) }
 
 // loadEventsOver copies n events spread round-robin over the given number of aggregates.
@@ -94,12 +106,7 @@ func BenchmarkCatchUp(b *testing.B) {
 	const batch = 1000
 	ctx := context.Background()
 	db := pgtest.NewDatabase(b)
-	cfg := db.Config(b)
-	cfg.MaxConns = 16
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	pool := benchPool(b, db, 16)
 	defer pool.Close()
 	loadEvents(b, pool, n)
 	if _, err := pool.Exec(ctx, `CREATE TABLE bench_counts (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`); err != nil {
@@ -377,12 +384,7 @@ func BenchmarkHoleRelease(b *testing.B) {
 	rounds := envInt("EVENTLINE_BENCH_HOLES", 40)
 	ctx := context.Background()
 	db := pgtest.NewDatabase(b)
-	pcfg := db.Config(b)
-	pcfg.MaxConns = 16
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	pool := benchPool(b, db, 16)
 	defer pool.Close()
 	db.Pool.Close() // replaced by the larger pool; the harness closes that one too
 	db.Pool = pool

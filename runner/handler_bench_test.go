@@ -47,12 +47,7 @@ func BenchmarkPerEventHandler(b *testing.B) {
 	const batch = 1000
 	ctx := context.Background()
 	db := pgtest.NewDatabase(b)
-	cfg := db.Config(b)
-	cfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	pool := benchPool(b, db, 8)
 	defer pool.Close()
 	loadEventsOver(b, pool, n, aggregates)
 	store := postgres.NewStore(nil)

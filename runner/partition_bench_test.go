@@ -180,12 +180,7 @@ func (pr partitionRun) measure(b *testing.B, n int) (rate, readPerEvent float64)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer func() { cancel(); wg.Wait() }()
 	for i := 0; i < pr.procs; i++ {
-		pcfg := db.Config(b)
-		pcfg.MaxConns = int32(max(4, 2*pr.parts/pr.procs))
-		pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-		if err != nil {
-			b.Fatal(err)
-		}
+		pool := benchPool(b, db, max(4, 2*pr.parts/pr.procs))
 		defer pool.Close()
 		r, err := runner.New(pool, store, cfg)
 		if err != nil {
@@ -277,12 +272,7 @@ func (pr partitionRun) baseline(b *testing.B, n int) float64 {
 	if _, err := db.Pool.Exec(ctx, partitionBenchTables); err != nil {
 		b.Fatal(err)
 	}
-	pcfg := db.Config(b)
-	pcfg.MaxConns = int32(max(4, 2*pr.parts))
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	pool := benchPool(b, db, max(4, 2*pr.parts))
 	defer pool.Close()
 	loadEvents(b, pool, n)
 	store := postgres.NewStore(nil)

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/pgtest"
 	"github.com/eventline/eventline/runner"
@@ -24,12 +22,7 @@ func BenchmarkSubscribeCatchUp(b *testing.B) {
 	const batch = 1000
 	ctx := context.Background()
 	db := pgtest.NewDatabase(b)
-	cfg := db.Config(b)
-	cfg.MaxConns = 16
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	pool := benchPool(b, db, 16)
 	defer pool.Close()
 	loadEvents(b, pool, n)
 	if _, err := pool.Exec(ctx, `CREATE TABLE bench_counts (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`); err != nil {

@@ -344,15 +344,7 @@ func TestAppendFuncConcurrentCallsSerialize(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	s, err := store.ReadAggregateStream(ctx, db.Pool, "ledger", "l1", nil, nil)
-	require.NoError(t, err)
-	require.Equal(t, writers*perWriter*batch, s.Len())
-	for i, e := range s.Events {
-		require.Equal(t, int64(i+1), e.AggregateVersion, "versions are contiguous")
-		if i > 0 {
-			require.Greater(t, e.GlobalPosition, s.Events[i-1].GlobalPosition)
-		}
-	}
+	requireContiguous(ctx, t, store, db.Pool, "ledger", "l1", writers*perWriter*batch)
 	require.EqualValues(t, writers*perWriter*batch, headOf(t, db, "ledger", "l1"))
 
 	// Exact through the function: one of the racers wins.
