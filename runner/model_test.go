@@ -341,7 +341,7 @@ func TestLifecycleModel(t *testing.T) {
 		rebuildCalls: map[string]int{}, rebuildOK: map[string]int{}, rebuildReqs: map[string]int{},
 		frozen: map[modelKey]modelTableState{}, lastActive: map[string]lifecycle.Layout{},
 	}
-	cps, err := checkpoint.New(checkpoint.Config{})
+	cps, err := checkpoint.New(eventline.Names{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,8 +90,7 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 		return nil, err
 	}
 	names := store.Names() // validated by the store, defaults filled in
-	cps, err := checkpoint.New(checkpoint.Config{Table: names.CheckpointsTable, DeadLettersTable: names.DeadLettersTable,
-		NodesTable: names.NodesTable, ProjectionsTable: names.ProjectionsTable, ProgressChannel: names.ProgressChannel})
+	cps, err := checkpoint.New(names)
 	if err != nil {
 		return nil, fmt.Errorf("runner: %w", err)
 	}

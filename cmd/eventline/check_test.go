@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/admin"
@@ -54,7 +55,7 @@ func TestStatusCheckConditions(t *testing.T) {
 	ctx := t.Context()
 	db := pgtest.NewDatabase(t)
 	now := time.Now().UTC().Truncate(time.Second)
-	cps, err := checkpoint.New(checkpoint.Config{})
+	cps, err := checkpoint.New(eventline.Names{})
 	require.NoError(t, err)
 	lc := newLifecycle(t)
 	key := checkpoint.Key{Projection: "orders", Version: 1, Partitions: 1}

@@ -121,7 +121,7 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{db: pgtest.NewDatabase(t), now: time.Now().UTC().Truncate(time.Second), lc: newLifecycle(t)}
 	db := f.db.Pool
 	var err error
-	f.cps, err = checkpoint.New(checkpoint.Config{})
+	f.cps, err = checkpoint.New(eventline.Names{})
 	require.NoError(t, err)
 
 	evs := make([]eventstore.Event, 10)

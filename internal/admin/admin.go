@@ -60,10 +60,7 @@ func New(cfg Config) (*Admin, error) {
 		return nil, err
 	}
 	n := cfg.Names.WithDefaults()
-	cps, err := checkpoint.New(checkpoint.Config{
-		Table: n.CheckpointsTable, DeadLettersTable: n.DeadLettersTable, NodesTable: n.NodesTable,
-		ProjectionsTable: n.ProjectionsTable,
-	})
+	cps, err := checkpoint.New(n)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/pgtest"
 )
@@ -17,7 +18,7 @@ import (
 func BenchmarkHeartbeat(b *testing.B) {
 	ctx := context.Background()
 	db := pgtest.NewDatabase(b)
-	cps, err := checkpoint.New(checkpoint.Config{})
+	cps, err := checkpoint.New(eventline.Names{})
 	if err != nil {
 		b.Fatal(err)
 	}

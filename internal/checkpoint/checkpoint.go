@@ -100,71 +100,29 @@ type Checkpoint struct {
 // Stopped reports whether a handler failure stopped the unit (until resumed).
 func (c Checkpoint) Stopped() bool { return c.FailedPosition > 0 }
 
-// Config names the tables; empty names take the migrations defaults.
-type Config struct {
-	// Table defaults to "eventline_checkpoints".
-	Table string
-	// DeadLettersTable defaults to "eventline_dead_letters".
-	DeadLettersTable string
-	// NodesTable defaults to "eventline_nodes".
-	NodesTable string
-	// ProjectionsTable (the lifecycle records) defaults to "eventline_projections".
-	ProjectionsTable string
-	// ProgressChannel, when set, is notified (payload: the projection's name) in every
-	// transaction that moves a checkpoint, so that waiters for read-your-writes wake on commit.
-	ProgressChannel string
-}
-
 // Store reads and writes checkpoints. It holds no connection and is safe for concurrent use.
 type Store struct {
 	table, dead, nodes, projections string
-	saveSQL                         string
-	notify                          bool // saveSQL notifies the progress channel
+	saveSQL                         string // the compare-and-set, with the progress notification
 }
 
-// New validates cfg's names and returns a Store.
-func New(cfg Config) (*Store, error) {
-	def := func(s *string, d string) {
-		if *s == "" {
-			*s = d
-		}
+// New returns a Store for the tables names gives (empty names take their defaults). Every save
+// notifies names' progress channel (payload: the projection's name) in the transaction that moves
+// the checkpoint, so that waiters for read-your-writes wake on commit.
+func New(names eventline.Names) (*Store, error) {
+	if err := names.Validate(); err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
-	def(&cfg.Table, eventline.CheckpointsTableDefault)
-	def(&cfg.DeadLettersTable, eventline.DeadLettersTableDefault)
-	def(&cfg.NodesTable, eventline.NodesTableDefault)
-	def(&cfg.ProjectionsTable, eventline.ProjectionsTableDefault)
-	var s Store
-	for _, f := range []struct {
-		what, val string
-		dst       *string
-	}{
-		{"checkpoints table", cfg.Table, &s.table},
-		{"dead letters table", cfg.DeadLettersTable, &s.dead},
-		{"nodes table", cfg.NodesTable, &s.nodes},
-		{"projections table", cfg.ProjectionsTable, &s.projections},
-	} {
-		n, err := sqlname.Parse(f.what, f.val)
-		if err != nil {
-			return nil, fmt.Errorf("checkpoint config: %w", err)
-		}
-		*f.dst = n.Quoted()
-	}
-	if cfg.ProgressChannel != "" {
-		if err := sqlname.Channel(cfg.ProgressChannel); err != nil {
-			return nil, fmt.Errorf("checkpoint config: progress channel: %w", err)
-		}
-	}
+	n := names.WithDefaults()
+	quoted := func(name string) string { return sqlname.MustParse(name).Quoted() }
+	s := Store{table: quoted(n.CheckpointsTable), dead: quoted(n.DeadLettersTable), nodes: quoted(n.NodesTable),
+		projections: quoted(n.ProjectionsTable)}
 	// One statement: the compare-and-set, and the progress notification only if it matched (it
 	// is sent when the transaction commits).
 	s.saveSQL = `WITH saved AS (UPDATE ` + s.table + ` SET position = $6, updated_at = now()` + where + `
 		AND position = $5 AND owner = $7 AND failed_position IS NULL AND ` + lifecycle.ApplyCondition(s.projections, "$6") + `
 		RETURNING 1)
-		SELECT count(*)`
-	if cfg.ProgressChannel != "" {
-		s.notify = true
-		s.saveSQL += `, count(pg_notify(` + quoteLiteral(cfg.ProgressChannel) + `, $1))`
-	}
-	s.saveSQL += ` FROM saved`
+		SELECT count(*), count(pg_notify(` + quoteLiteral(n.ProgressChannel) + `, $1)) FROM saved`
 	return &s, nil
 }
 
@@ -215,13 +173,8 @@ func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, owner string, from
 	if owner == "" {
 		return fmt.Errorf("save checkpoint %s: no owner", key)
 	}
-	var n int64
-	var notified *int64
-	dst := []any{&n}
-	if s.notify {
-		dst = append(dst, &notified)
-	}
-	if err := tx.QueryRow(ctx, s.saveSQL, key.argsWith(from, to, owner)...).Scan(dst...); err != nil {
+	var n, notified int64
+	if err := tx.QueryRow(ctx, s.saveSQL, key.argsWith(from, to, owner)...).Scan(&n, &notified); err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", key, err)
 	}
 	if n != 1 {

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/pgtest"
@@ -25,7 +26,7 @@ func ctxT(t *testing.T) context.Context {
 // newStore returns a store on a fresh database.
 func newStore(t *testing.T) (*checkpoint.Store, *pgtest.Database) {
 	t.Helper()
-	s, err := checkpoint.New(checkpoint.Config{})
+	s, err := checkpoint.New(eventline.Names{})
 	require.NoError(t, err)
 	return s, pgtest.NewDatabase(t)
 }
@@ -427,15 +428,16 @@ func TestDeadLetterIDsWithoutGapsFromRepeats(t *testing.T) {
 
 func TestInvalidTableNames(t *testing.T) {
 	t.Parallel()
-	for _, cfg := range []checkpoint.Config{
-		{Table: "x; drop"},
+	for _, names := range []eventline.Names{
+		{CheckpointsTable: "x; drop"},
 		{DeadLettersTable: "a b"},
 		{NodesTable: "a.b.c"},
 		{ProjectionsTable: `p"q`},
+		{ProgressChannel: "a b"},
 	} {
-		_, err := checkpoint.New(cfg)
-		require.Error(t, err, "%+v", cfg)
+		_, err := checkpoint.New(names)
+		require.ErrorIs(t, err, eventline.ErrInvalidName, "%+v", names)
 	}
-	_, err := checkpoint.New(checkpoint.Config{ProjectionsTable: "app.projections"})
+	_, err := checkpoint.New(eventline.Names{ProjectionsTable: "app.projections"})
 	require.NoError(t, err)
 }
