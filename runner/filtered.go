@@ -44,6 +44,16 @@ type filteredKey struct {
 	sel  string
 }
 
+// pageAfter returns the page after from of a reader (a unit, a subscription) that selects sel: behind
+// the horizon read with sel in SQL (getFiltered), otherwise the shared page (get), which holds
+// every event and which the reader filters.
+func (r *pageReader) pageAfter(ctx context.Context, from, h int64, gen uint64, sel selection) (*page, error) {
+	if !sel.all() && h > from {
+		return r.getFiltered(ctx, from, h, sel)
+	}
+	return r.get(ctx, from, h, gen)
+}
+
 // getFiltered returns events after from that sel selects, read with the selection in SQL: every
 // selected event up to the page's safe position, which is at most h (see readFiltered). Every
 // position up to h is settled, so a page read under any horizon is correct to apply later; one

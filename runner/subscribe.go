@@ -171,12 +171,7 @@ func (r *Runner) subscribe(ctx context.Context, from StartPosition, o subscribeO
 		// Taken before the read: a wake-up during the read is not lost.
 		wakeC, gen := r.wake.C()
 		h := tracker.Horizon()
-		var p *page
-		if !match.All() && h > pos {
-			p, err = r.pages.getFiltered(ctx, pos, h, sel)
-		} else {
-			p, err = r.pages.get(ctx, pos, h, gen)
-		}
+		p, err := r.pages.pageAfter(ctx, pos, h, gen, sel)
 		if err != nil {
 			switch {
 			case ctx.Err() != nil:

@@ -195,13 +195,7 @@ func (w *worker) step(ctx context.Context, gen uint64) (progressed, held bool, e
 		return false, false, nil
 	}
 	h := r.tracker.Horizon()
-	var p *page
-	if !w.sel.all() && h > w.pos {
-		// Behind the horizon: only the events of its filter and partition are read.
-		p, err = r.pages.getFiltered(ctx, w.pos, h, w.sel)
-	} else {
-		p, err = r.pages.get(ctx, w.pos, h, gen)
-	}
+	p, err := r.pages.pageAfter(ctx, w.pos, h, gen, w.sel)
 	if err != nil {
 		return false, false, err
 	}
