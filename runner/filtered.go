@@ -71,84 +71,17 @@ func (r *pageReader) getFiltered(ctx context.Context, from, h int64, sel selecti
 func (r *pageReader) loadFiltered(ctx context.Context, from, h int64, sel selection) (*page, error) {
 	k := filteredKey{from, sel.key}
 	r.mu.Lock()
-	r.dropFilteredBefore(k)
-	if c, ok := r.filtered[k]; ok {
-		r.mu.Unlock()
-		select {
-		case <-c.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if c.err == nil && (c.p.full || c.p.horizon >= h) {
-			return c.p, nil
-		}
-		r.mu.Lock()
-		if r.filtered[k] == c {
-			delete(r.filtered, k)
-		}
-		r.mu.Unlock()
-		return r.loadFiltered(ctx, from, h, sel)
-	}
-	c := &pageCall{done: make(chan struct{})}
-	r.filtered[k] = c
-	r.evictFiltered()
-	r.mu.Unlock()
-
-	c.p, c.err = r.readFiltered(ctx, from, h, sel)
-	if c.err != nil {
-		r.mu.Lock()
-		if r.filtered[k] == c {
-			delete(r.filtered, k)
-		}
-		r.mu.Unlock()
-	}
-	close(c.done)
-	return c.p, c.err
-}
-
-// dropFilteredBefore forgets the pages of k's selection before k's position: the unit asking for
-// k has moved past them. Called with mu held.
-func (r *pageReader) dropFilteredBefore(k filteredKey) {
-	for o, c := range r.filtered {
+	// The units asking for k have moved past their selection's earlier pages.
+	for o, c := range r.filtered.calls {
 		if o.sel == k.sel && o.from < k.from && isDone(c) {
-			delete(r.filtered, o)
+			r.filtered.remove(o)
 		}
 	}
-}
-
-// evictFiltered keeps at most max filtered pages, and at most maxBytes of them, dropping the one
-// furthest behind first. Called with mu held.
-func (r *pageReader) evictFiltered() {
-	bytes := func() int {
-		n := 0
-		for _, c := range r.filtered {
-			if isDone(c) && c.err == nil {
-				n += c.p.bytes
-			}
-		}
-		return n
-	}
-	for len(r.filtered) > r.max || bytes() > r.maxBytes {
-		var oldest *filteredKey
-		for k, c := range r.filtered {
-			if isDone(c) && (oldest == nil || k.from < oldest.from) {
-				oldest = &k
-			}
-		}
-		if oldest == nil {
-			return // all in flight
-		}
-		delete(r.filtered, *oldest)
-	}
-}
-
-func isDone(c *pageCall) bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
+	r.mu.Unlock()
+	// Generation 0: a filtered page holds settled positions only, which no notification changes.
+	return loadPage(ctx, r, r.filtered, k, h, 0, func(ctx context.Context) (*page, error) {
+		return r.readFiltered(ctx, from, h, sel)
+	})
 }
 
 // prefetchFiltered reads the filtered page at from in the background unless it is read already;
@@ -159,7 +92,7 @@ func (r *pageReader) prefetchFiltered(from, h int64, sel selection) {
 	if r.bg == nil || r.bg.Err() != nil {
 		return
 	}
-	if _, ok := r.filtered[filteredKey{from, sel.key}]; ok {
+	if _, ok := r.filtered.calls[filteredKey{from, sel.key}]; ok {
 		return
 	}
 	bg := r.bg
@@ -189,7 +122,8 @@ func (r *pageReader) readFiltered(ctx context.Context, from, h int64, sel select
 	if err != nil {
 		return nil, err
 	}
-	p := &page{from: from, safe: q.To, events: evs, horizon: h, full: full, bytes: pageBytes(evs)}
+	// Every position up to h is settled: a full page can never change (final).
+	p := &page{from: from, safe: q.To, events: evs, horizon: h, final: full, bytes: pageBytes(evs)}
 	if full {
 		p.safe = evs[len(evs)-1].GlobalPosition
 	}

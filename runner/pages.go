@@ -22,9 +22,6 @@ type page struct {
 	// horizon and gen are the horizon and wake generation it was read under.
 	horizon int64
 	gen     uint64
-	// full: the read returned as many events as it could (its limit in events or in bytes), so
-	// more may follow the last one.
-	full bool
 	// bytes is what its events take in memory (pageBytes), for the cache's bound.
 	bytes int
 }
@@ -56,11 +53,9 @@ type pageReader struct {
 	maxBytes  int
 
 	mu       sync.Mutex
-	inflight map[int64]*pageCall
-	cache    map[int64]*page
-	next     int                       // the limit of the next read: see adapt
-	bytes    int                       // of the cached pages
-	filtered map[filteredKey]*pageCall // filtered pages read or being read (filtered.go)
+	shared   *pageSet[int64]       // pages of every event, by position
+	filtered *pageSet[filteredKey] // pages read with a selection in SQL (filtered.go)
+	next     int                   // the limit of the next read: see adapt
 	// partitionSQL: the database selects partitions as projector.PartitionOf does (filtered.go).
 	partitionSQL bool
 	bg           context.Context // prefetches run under it; nil before start
@@ -82,9 +77,102 @@ func newPageReader(pool *pgxpool.Pool, store *postgres.Store, limit, pageBytes, 
 		max:       max,
 		maxBytes:  maxBytes,
 		next:      limit,
-		inflight:  map[int64]*pageCall{},
-		cache:     map[int64]*page{},
-		filtered:  map[filteredKey]*pageCall{},
+		shared:    newPageSet[int64](),
+		filtered:  newPageSet[filteredKey](),
+	}
+}
+
+// pageSet keeps pages by key K: each read once and shared with every reader that asks for it
+// while it is read or kept. The pageReader's mu guards it; it keeps at most the reader's max pages
+// and maxBytes of them, evicting the page furthest behind first (during a catch-up the readers move
+// forwards).
+type pageSet[K comparable] struct {
+	calls map[K]*pageCall // reads in flight, and the pages kept (done, without error)
+	bytes int             // of the pages kept
+}
+
+func newPageSet[K comparable]() *pageSet[K] { return &pageSet[K]{calls: map[K]*pageCall{}} }
+
+// loadPage returns the page s keeps at k if it is good for a reader under horizon h and wake
+// generation gen; otherwise it joins the read of it in flight, or reads it with read (without
+// mu). A page is good when it can never change (final), or when it was read under a horizon at
+// least h and, for a page kept, the same wake generation (a notification since may have made
+// events above the horizon visible).
+func loadPage[K comparable](ctx context.Context, r *pageReader, s *pageSet[K], k K, h int64, gen uint64,
+	read func(context.Context) (*page, error)) (*page, error) {
+	r.mu.Lock()
+	for {
+		c, ok := s.calls[k]
+		if !ok {
+			break
+		}
+		if isDone(c) {
+			if c.p.final || (c.p.gen == gen && c.p.horizon >= h) {
+				r.mu.Unlock()
+				return c.p, nil
+			}
+			s.remove(k) // stale: read it again
+			break
+		}
+		r.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if c.err == nil && (c.p.final || c.p.horizon >= h) {
+			return c.p, nil
+		}
+		r.mu.Lock()
+	}
+	c := &pageCall{done: make(chan struct{})}
+	s.calls[k] = c
+	r.mu.Unlock()
+
+	c.p, c.err = read(ctx)
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.err != nil {
+		delete(s.calls, k) // its waiters read again
+		close(c.done)
+		return nil, c.err
+	}
+	s.bytes += c.p.bytes
+	close(c.done)
+	s.evict(r.max, r.maxBytes) // maybe the page just read: its readers have it all the same
+	return c.p, nil
+}
+
+// remove forgets the page kept at k.
+func (s *pageSet[K]) remove(k K) {
+	s.bytes -= s.calls[k].p.bytes
+	delete(s.calls, k)
+}
+
+// evict removes the pages furthest behind while s holds more than max pages or maxBytes.
+func (s *pageSet[K]) evict(max, maxBytes int) {
+	for len(s.calls) > max || s.bytes > maxBytes {
+		var victim K
+		var from int64 = -1
+		for k, c := range s.calls {
+			if isDone(c) && (from < 0 || c.p.from < from) {
+				victim, from = k, c.p.from
+			}
+		}
+		if from < 0 {
+			return // all in flight
+		}
+		s.remove(victim)
+	}
+}
+
+func isDone(c *pageCall) bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -101,53 +189,9 @@ func (r *pageReader) get(ctx context.Context, from, h int64, gen uint64) (*page,
 }
 
 func (r *pageReader) load(ctx context.Context, from, h int64, gen uint64) (*page, error) {
-	r.mu.Lock()
-	if p, ok := r.cache[from]; ok && (p.final || (p.gen == gen && p.horizon >= h)) {
-		r.mu.Unlock()
-		return p, nil
-	}
-	if c, ok := r.inflight[from]; ok {
-		r.mu.Unlock()
-		select {
-		case <-c.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if c.err == nil && (c.p.final || c.p.horizon >= h) {
-			return c.p, nil
-		}
-		return r.load(ctx, from, h, gen)
-	}
-	c := &pageCall{done: make(chan struct{})}
-	r.inflight[from] = c
-	r.mu.Unlock()
-
-	c.p, c.err = r.read(ctx, from, h, gen)
-
-	r.mu.Lock()
-	delete(r.inflight, from)
-	if c.err == nil {
-		if old, ok := r.cache[from]; ok {
-			r.bytes -= old.bytes
-		}
-		r.cache[from] = c.p
-		r.bytes += c.p.bytes
-		for len(r.cache) > r.max || r.bytes > r.maxBytes {
-			// Evict the page furthest behind: during a catch-up the projections move forwards.
-			// That may be the page just read; its callers have it all the same.
-			var victim *page
-			for _, p := range r.cache {
-				if victim == nil || p.from < victim.from {
-					victim = p
-				}
-			}
-			r.bytes -= victim.bytes
-			delete(r.cache, victim.from)
-		}
-	}
-	r.mu.Unlock()
-	close(c.done)
-	return c.p, c.err
+	return loadPage(ctx, r, r.shared, from, h, gen, func(ctx context.Context) (*page, error) {
+		return r.read(ctx, from, h, gen)
+	})
 }
 
 // prefetch reads the page at from in the background unless it is cached or being read. The
@@ -158,10 +202,7 @@ func (r *pageReader) prefetch(from, h int64, gen uint64) {
 	if r.bg == nil || r.bg.Err() != nil {
 		return
 	}
-	if _, ok := r.cache[from]; ok {
-		return
-	}
-	if _, ok := r.inflight[from]; ok {
+	if _, ok := r.shared.calls[from]; ok {
 		return
 	}
 	bg := r.bg
@@ -275,7 +316,6 @@ func cut(evs []eventstore.PersistedEvent, from, h int64, full bool, gen uint64) 
 		p.safe = max(p.safe, h)
 	}
 	p.events = evs[:n:n]
-	p.full = full
 	p.final = !p.held && full
 	return p
 }

@@ -47,14 +47,14 @@ func TestPageCacheBoundedInBytes(t *testing.T) {
 		r.mu.Lock()
 		sum := 0
 		var keys []int64
-		for k, c := range r.cache {
-			sum += c.bytes
+		for k, c := range r.shared.calls {
+			sum += c.p.bytes
 			keys = append(keys, k)
 		}
-		require.Equal(t, sum, r.bytes)
-		require.LessOrEqual(t, r.bytes, 3*onePage)
-		require.Len(t, r.cache, min(i+1, 3), "the three pages furthest ahead: %v", keys)
-		require.Contains(t, r.cache, p.from)
+		require.Equal(t, sum, r.shared.bytes)
+		require.LessOrEqual(t, r.shared.bytes, 3*onePage)
+		require.Len(t, r.shared.calls, min(i+1, 3), "the three pages furthest ahead: %v", keys)
+		require.Contains(t, r.shared.calls, p.from)
 		r.mu.Unlock()
 	}
 }
