@@ -54,6 +54,21 @@ func benchPool(b *testing.B, db *pgtest.Database, maxConns int) *pgxpool.Pool {
 
 func loadEvents(b *testing.B, pool *pgxpool.Pool, n int) { loadEventsOver(b, pool, n, 1000) }
 
+// loadCounted loads n events and creates the counting read model's table; it returns the head.
+func loadCounted(b *testing.B, pool *pgxpool.Pool, n int) int64 {
+	b.Helper()
+	ctx := context.Background()
+	loadEvents(b, pool, n)
+	if _, err := pool.Exec(ctx, `CREATE TABLE bench_counts (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`); err != nil {
+		b.Fatal(err)
+	}
+	var head int64
+	if err := pool.QueryRow(ctx, `SELECT max(global_position) FROM events`).Scan(&head); err != nil {
+		b.Fatal(err)
+	}
+	return head
+}
+
 // loadEventsOver copies n events spread round-robin over the given number of aggregates.
 func loadEventsOver(b *testing.B, pool *pgxpool.Pool, n, aggregates int) {
 	ctx := context.Background()
@@ -108,15 +123,8 @@ func BenchmarkCatchUp(b *testing.B) {
 	db := pgtest.NewDatabase(b)
 	pool := benchPool(b, db, 16)
 	defer pool.Close()
-	loadEvents(b, pool, n)
-	if _, err := pool.Exec(ctx, `CREATE TABLE bench_counts (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`); err != nil {
-		b.Fatal(err)
-	}
+	head := loadCounted(b, pool, n)
 	store := postgres.NewStore(nil)
-	var head int64
-	if err := pool.QueryRow(ctx, `SELECT max(global_position) FROM events`).Scan(&head); err != nil {
-		b.Fatal(err)
-	}
 
 	fmt.Printf("\nCatch-up of %d events into a counting read model (batch %d), eventline vs hand-written pgx loop:\n", n, batch)
 	fmt.Println("| projections | eventline ev/s | baseline ev/s | ratio | pages read (eventline / baseline) | peak live heap |")

@@ -24,15 +24,8 @@ func BenchmarkSubscribeCatchUp(b *testing.B) {
 	db := pgtest.NewDatabase(b)
 	pool := benchPool(b, db, 16)
 	defer pool.Close()
-	loadEvents(b, pool, n)
-	if _, err := pool.Exec(ctx, `CREATE TABLE bench_counts (name text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`); err != nil {
-		b.Fatal(err)
-	}
+	head := loadCounted(b, pool, n)
 	store := postgres.NewStore(nil)
-	var head int64
-	if err := pool.QueryRow(ctx, `SELECT max(global_position) FROM events`).Scan(&head); err != nil {
-		b.Fatal(err)
-	}
 
 	type result struct {
 		name    string
