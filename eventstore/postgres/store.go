@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"strconv"
 	"strings"
@@ -26,11 +27,77 @@ type Store struct {
 	events sqlname.Name
 	heads  sqlname.Name
 
-	appendAnySQL, appendNoStreamSQL, appendExactSQL [2]string // templates for n > 1 and n == 1, see appendSQL
-	appendCache                                     sync.Map  // appendKey -> string
-	headSQL                                         string
-	readSQL, rangeSQL, streamSQL, latestSQL         string
-	partitionSQL                                    string
+	appendAny, appendExact                  appendShapes
+	appendNoStream                          appendStmt
+	appendCache                             sync.Map // appendKey -> string
+	withHead                                headCache
+	headSQL                                 string
+	readSQL, rangeSQL, streamSQL, latestSQL string
+	partitionSQL                            string
+}
+
+// appendStmt is a template of the append statement: [0] for batches of several events, [1] for
+// one event; appendSQL renders it. id tells the rendered statements apart in appendCache.
+type appendStmt struct {
+	id   int
+	tmpl [2]string
+}
+
+// appendShapes are the statements of the expectations that move an existing head row (Any and
+// Exact(n > 0)). fast only updates the head row: it inserts nothing and returns no row when the
+// aggregate has no head row (or, for Exact, another version). full also inserts a missing head
+// row. fallback is full after a fast statement that found no row, in the same transaction: its
+// position lock rule counts the fast statement's insert statement (which inserted nothing).
+//
+// Append runs fast for Exact(n > 0) (the aggregate has events, so it almost always has a head row)
+// and for Any to an aggregate in withHead, else full. A fast statement that finds no row has taken
+// the append lock K without a position lock, for a round trip: a horizon tick that sees it then
+// bounds the transaction by that tick's L for as long as it lasts (docs/design.md, "The gap
+// problem"), so full, not fast, is the statement of a first append.
+type appendShapes struct {
+	fast, full, fallback appendStmt
+}
+
+// headCache is a set of aggregates, by a hash of their type and ID, that had a head row when this
+// Store last appended to them. When it is full it starts again; a hash collision or a head row
+// that went away (a rolled-back first append) only costs a fallback.
+type headCache struct {
+	mu   sync.Mutex
+	seed maphash.Seed
+	set  map[uint64]struct{}
+}
+
+// headCacheMax bounds headCache: 65,536 hashes, about 2 MiB.
+const headCacheMax = 1 << 16
+
+func (c *headCache) key(aggType, aggID string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(c.seed)
+	h.WriteString(aggType)
+	h.WriteByte(0)
+	h.WriteString(aggID)
+	return h.Sum64()
+}
+
+func (c *headCache) has(k uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.set[k]
+	return ok
+}
+
+// put records whether the aggregate of k has a head row.
+func (c *headCache) put(k uint64, head bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case !head:
+		delete(c.set, k)
+	case c.set == nil || len(c.set) >= headCacheMax:
+		c.set = map[uint64]struct{}{k: {}}
+	default:
+		c.set[k] = struct{}{}
+	}
 }
 
 var (
@@ -50,6 +117,7 @@ func New(cfg StoreConfig) (*Store, error) {
 		cfg.MaxEventSize = MaxEventSizeDefault
 	}
 	s := &Store{cfg: cfg}
+	s.withHead.seed = maphash.MakeSeed()
 	s.events = sqlname.MustParse(cfg.Names.EventsTable)
 	s.heads = sqlname.MustParse(cfg.Names.AggregateHeadsTable)
 	s.buildSQL()
@@ -102,33 +170,52 @@ SELECT array_agg(global_position ORDER BY aggregate_version), min(aggregate_vers
 	// the same transaction, no position lock is taken, and the tracker bounds the transaction by
 	// when it first saw it instead.
 	class := strconv.FormatInt(int64(sqlname.PositionLockClass(s.events)), 10)
-	positionLock := func(first string) string {
-		return `CASE WHEN current_setting('eventline.event_inserts', true) = '1' THEN pg_advisory_xact_lock_shared(` +
-			class + `, (` + first + ` & 4294967295)::bit(32)::integer)::text END`
+	// count is the number of insert statements the trigger has counted when this one is the
+	// transaction's first: 1, or 2 for the fallback after a fast statement (appendShapes).
+	positionLock := func(first string, count int) string {
+		return `CASE WHEN current_setting('eventline.event_inserts', true) = '` + strconv.Itoa(count) +
+			`' THEN pg_advisory_xact_lock_shared(` + class + `, (` + first + ` & 4294967295)::bit(32)::integer)::text END`
 	}
-	insert += `, ` + positionLock(`min(global_position)`)
-	// One event, the most common append: the same statement without what only several events
-	// need (VALUES rows, the sorts of ORDER BY and array_agg, the aggregate), a few microseconds
-	// less per append on the server. Same parameters as VALUES with one row; $3 is 1.
-	insert1 := `, ins AS (
-	INSERT INTO ` + ev + ` (event_id, aggregate_type, aggregate_id, aggregate_version, event_type,
-		event_version, payload, metadata, causation_id, correlation_id, trace_id, created_at)
-	SELECT $4::uuid, $1, $2, head.version, $5::text, $6::int, $7::bytea, $8::text::jsonb, NULLIF($9::text, ''),
-		NULLIF($10::text, ''), NULLIF($11::text, ''), $12::timestamptz
-	FROM head
-	RETURNING global_position, aggregate_version
-)
-SELECT ARRAY[global_position], aggregate_version, aggregate_version, ` + positionLock(`global_position`)
-	withInsert := func(head, channelParam string) [2]string {
-		multi, single := head+insert, head+insert1
+	// One event, the most common append: the insert is the statement itself, not a CTE under a
+	// SELECT, and its RETURNING list does the rest: without what only several events need (VALUES
+	// rows, the sorts of ORDER BY and array_agg, the aggregate), which is a few microseconds less
+	// per append on the server. Same parameters as VALUES with one row; $3 is 1. It returns the
+	// position instead of an array of them, and the version once.
+	insert1 := `
+INSERT INTO ` + ev + ` (event_id, aggregate_type, aggregate_id, aggregate_version, event_type,
+	event_version, payload, metadata, causation_id, correlation_id, trace_id, created_at)
+SELECT $4::uuid, $1, $2, head.version, $5::text, $6::int, $7::bytea, $8::text::jsonb, NULLIF($9::text, ''),
+	NULLIF($10::text, ''), NULLIF($11::text, ''), $12::timestamptz
+FROM head
+RETURNING global_position, aggregate_version, `
+	nextID := 0
+	withInsert := func(head string, count int) appendStmt {
+		multi := head + insert + `, ` + positionLock(`min(global_position)`, count)
+		single := head + insert1 + positionLock(`global_position`, count)
 		if s.cfg.Names.NotifyChannel != "" {
-			multi += `, pg_notify(` + channelParam + `, max(global_position)::text)::text`
-			single += `, pg_notify(` + channelParam + `, global_position::text)::text`
+			multi += `, pg_notify({{channel}}, max(global_position)::text)::text`
+			single += `, pg_notify({{channel}}, global_position::text)::text`
 		} else {
 			multi += `, NULL::text`
 			single += `, NULL::text`
 		}
-		return [2]string{multi + ` FROM ins HAVING count(*) > 0`, single + ` FROM ins`}
+		nextID++
+		return appendStmt{id: nextID, tmpl: [2]string{multi + ` FROM ins HAVING count(*) > 0`, single}}
+	}
+	// shapes makes the statements of an expectation from its head row update and the CTE
+	// head_inserted that inserts a missing head row. The fast statement is the update alone: the
+	// insert's part of the statement costs the server about a tenth of an append (one event per
+	// transaction) even when it inserts nothing.
+	shapes := func(update, insertHead string) appendShapes {
+		full := `WITH head_updated AS (
+	` + update + `
+)` + insertHead + `, head AS (
+	SELECT version FROM head_updated UNION ALL SELECT version FROM head_inserted
+)`
+		fast := `WITH head AS (
+	` + update + `
+)`
+		return appendShapes{fast: withInsert(fast, 1), full: withInsert(full, 1), fallback: withInsert(full, 2)}
 	}
 	// Parameters: $1 aggregate type, $2 aggregate ID, $3 event count, then the events ({{source}}),
 	// then for Exact {{expected}} the expected version; the notify channel ({{channel}}) comes last.
@@ -139,38 +226,31 @@ SELECT ARRAY[global_position], aggregate_version, aggregate_version, ` + positio
 	lastEvent := `(SELECT max(aggregate_version) FROM ` + ev + ` WHERE aggregate_type = $1 AND aggregate_id = $2)`
 	// Any: update the head if it exists (the common case, without the cost of a speculative
 	// insertion), else insert it; two first appends racing meet in ON CONFLICT and serialize.
-	s.appendAnySQL = withInsert(`WITH head_updated AS (
-	UPDATE `+hd+` SET version = version + $3 WHERE aggregate_type = $1 AND aggregate_id = $2
-	RETURNING version
-), head_inserted AS (
+	anyUpdate := `UPDATE ` + hd + ` SET version = version + $3 WHERE aggregate_type = $1 AND aggregate_id = $2
+	RETURNING version`
+	s.appendAny = shapes(anyUpdate, `, head_inserted AS (
 	INSERT INTO `+hd+` AS h (aggregate_type, aggregate_id, version)
 	SELECT $1, $2, coalesce(`+lastEvent+`, 0) + $3 WHERE NOT EXISTS (SELECT 1 FROM head_updated)
 	ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = h.version + $3
 	RETURNING version
-), head AS (
-	SELECT version FROM head_updated UNION ALL SELECT version FROM head_inserted
-)`, "{{channel}}")
-	s.appendNoStreamSQL = withInsert(`WITH head AS (
+)`)
+	s.appendNoStream = withInsert(`WITH head AS (
 	INSERT INTO `+hd+` (aggregate_type, aggregate_id, version)
 	SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM `+ev+` WHERE aggregate_type = $1 AND aggregate_id = $2)
 	ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
 	RETURNING version
-)`, "{{channel}}")
+)`, 1)
 	// Exact: without a head row, insert it when the events' version is the expected one (a CASE,
 	// so that a successful update never reads the events table).
-	s.appendExactSQL = withInsert(`WITH head_updated AS (
-	UPDATE `+hd+` SET version = version + $3
+	s.appendExact = shapes(`UPDATE `+hd+` SET version = version + $3
 	WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = {{expected}}
-	RETURNING version
-), head_inserted AS (
+	RETURNING version`, `, head_inserted AS (
 	INSERT INTO `+hd+` (aggregate_type, aggregate_id, version)
 	SELECT $1, $2, {{expected}} + $3
 	WHERE CASE WHEN EXISTS (SELECT 1 FROM head_updated) THEN false ELSE `+lastEvent+` = {{expected}} END
 	ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
 	RETURNING version
-), head AS (
-	SELECT version FROM head_updated UNION ALL SELECT version FROM head_inserted
-)`, "{{channel}}")
+)`)
 	s.headSQL = `SELECT coalesce((SELECT version FROM ` + hd + ` WHERE aggregate_type = $1 AND aggregate_id = $2), ` +
 		lastEvent + `, 0)`
 	s.readSQL = `SELECT ` + eventColumns + ` FROM ` + ev + ` WHERE global_position > $1 ORDER BY global_position LIMIT $2`
@@ -192,8 +272,9 @@ SELECT ARRAY[global_position], aggregate_version, aggregate_version, ` + positio
 }
 
 // Append writes events, all of one aggregate, in tx, after checking the aggregate's current
-// version against expected (docs/design.md, "The append side"). All events go in one statement. The aggregate
-// head row is locked for the rest of tx, so concurrent appends to one aggregate serialize. An
+// version against expected (docs/design.md, "The append side"). All events go in one statement (a
+// second one inserts the head row of an aggregate that has none, on its first append). The
+// aggregate's head row is locked for the rest of tx, so concurrent appends to it serialize. An
 // aggregate without a head row goes on from its highest stored version (events written by raw
 // INSERTs that left the heads table alone: docs/design.md, "Raw SQL writers").
 //
@@ -219,17 +300,18 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 	}
 	n := len(batch)
 	aggType, aggID := batch[0].AggregateType, batch[0].AggregateID
-	tmpl, kind := s.appendAnySQL, 0
+	// shapes nil: NoStream, one statement that inserts the head row.
+	shapes, exact := &s.appendAny, false
 	var expectedVersion int64
 	switch {
 	case expected.IsNoStream():
-		tmpl, kind = s.appendNoStreamSQL, 1
+		shapes = nil
 	default:
 		if v, ok := expected.Exact(); ok {
 			if v < 0 {
 				return eventstore.AppendResult{}, fmt.Errorf("%w: expected version %d is negative", eventstore.ErrInvalidEvent, v)
 			}
-			tmpl, kind, expectedVersion = s.appendExactSQL, 2, v
+			shapes, exact, expectedVersion = &s.appendExact, true, v
 		}
 	}
 	callerTrace := ""
@@ -292,22 +374,46 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 			pgtype.FlatArray[string](causation), pgtype.FlatArray[string](correlation), pgtype.FlatArray[string](traces),
 			pgtype.FlatArray[time.Time](created))
 	}
-	if kind == 2 {
+	if exact {
 		args = append(args, expectedVersion)
 	}
 	if s.cfg.Names.NotifyChannel != "" {
 		args = append(args, s.cfg.Names.NotifyChannel)
 	}
-	query := s.appendSQL(tmpl, kind, n)
 
 	var (
 		positions        []int64
 		from, to         int64
 		locked, notified *string
 	)
-	err := tx.QueryRow(ctx, query, args...).Scan(&positions, &from, &to, &locked, &notified)
+	run := func(stmt *appendStmt) error {
+		query := s.appendSQL(stmt, exact, n)
+		if n > 1 {
+			return tx.QueryRow(ctx, query, args...).Scan(&positions, &from, &to, &locked, &notified)
+		}
+		var position int64
+		err := tx.QueryRow(ctx, query, args...).Scan(&position, &from, &locked, &notified)
+		positions, to = []int64{position}, from
+		return err
+	}
+	var err error
+	headKey := s.withHead.key(aggType, aggID)
+	switch {
+	case shapes == nil:
+		err = run(&s.appendNoStream)
+	case !exact && !s.withHead.has(headKey):
+		err = run(&shapes.full)
+	default:
+		if err = run(&shapes.fast); errors.Is(err, pgx.ErrNoRows) {
+			// No head row (events written without one, or a head row gone), or for Exact another
+			// version: the fallback inserts a missing head row, or finds no row either.
+			s.withHead.put(headKey, false)
+			err = run(&shapes.fallback)
+		}
+	}
 	switch {
 	case err == nil:
+		s.withHead.put(headKey, true)
 		return eventstore.NewAppendResult(from, to, positions), nil
 	case errors.Is(err, pgx.ErrNoRows):
 		actual, herr := s.headVersion(ctx, tx, aggType, aggID)
@@ -336,18 +442,19 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 // valuesMax is the largest batch sent as multi-row VALUES; larger ones go as arrays (unnest).
 const valuesMax = 32
 
-type appendKey struct{ kind, n int }
+type appendKey struct{ id, n int }
 
-// appendSQL renders an append template for a batch of n events: the events' source (VALUES rows
-// or unnest of arrays) and the numbers of the parameters that follow them.
-func (s *Store) appendSQL(tmpls [2]string, kind, n int) string {
-	key := appendKey{kind, min(n, valuesMax+1)}
+// appendSQL renders an append statement for a batch of n events: the events' source (VALUES rows
+// or unnest of arrays) and the numbers of the parameters that follow them (exact: the expected
+// version comes before the channel).
+func (s *Store) appendSQL(stmt *appendStmt, exact bool, n int) string {
+	key := appendKey{stmt.id, min(n, valuesMax+1)}
 	if q, ok := s.appendCache.Load(key); ok {
 		return q.(string)
 	}
-	tmpl := tmpls[0]
+	tmpl := stmt.tmpl[0]
 	if n == 1 {
-		tmpl = tmpls[1] // no {{source}}: its event's parameters are $4 to $12, as below
+		tmpl = stmt.tmpl[1] // no {{source}}: its event's parameters are $4 to $12, as below
 	}
 	var source string
 	next := 4
@@ -369,7 +476,7 @@ func (s *Store) appendSQL(tmpls [2]string, kind, n int) string {
 		next = 13
 	}
 	expected, channel := "", fmt.Sprintf("$%d", next)
-	if kind == 2 {
+	if exact {
 		expected, channel = fmt.Sprintf("$%d", next), fmt.Sprintf("$%d", next+1)
 	}
 	q := strings.NewReplacer("{{source}}", source, "{{expected}}", expected, "{{channel}}", channel).Replace(tmpl)
