@@ -272,8 +272,8 @@ RETURNING global_position, aggregate_version, `
 }
 
 // Append writes events, all of one aggregate, in tx, after checking the aggregate's current
-// version against expected (docs/design.md, "The append side"). All events go in one statement (a
-// second one inserts the head row of an aggregate that has none, on its first append). The
+// version against expected (docs/design.md, "The append side"). All events go in one statement
+// (rarely two: when the store took the aggregate for one with a head row and it has none). The
 // aggregate's head row is locked for the rest of tx, so concurrent appends to it serialize. An
 // aggregate without a head row goes on from its highest stored version (events written by raw
 // INSERTs that left the heads table alone: docs/design.md, "Raw SQL writers").
