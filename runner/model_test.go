@@ -257,7 +257,7 @@ type modelTableState struct{ count, maxSeq int64 }
 type modelPause struct {
 	maxSeq    map[int]int64 // per version table
 	positions map[checkpoint.Key]int64
-	resets    map[int]int // rebuild resets per version
+	resets    map[int]int // resets per version (rebuilds and abandoned builds)
 }
 
 type model struct {
@@ -1654,7 +1654,7 @@ func (m *model) pauseSnapshot(n string) *modelPause {
 		p.positions[c.Key] = c.Position
 	}
 	for _, r := range s.resets {
-		if r.name == n && r.active == r.version {
+		if r.name == n {
 			p.resets[r.version]++
 		}
 	}
@@ -1662,7 +1662,7 @@ func (m *model) pauseSnapshot(n string) *modelPause {
 }
 
 // checkPause: while paused (since Pause returned), nothing is applied and no checkpoint moves,
-// but back to 0 by a rebuild.
+// but back to 0 by a reset of its version.
 func (m *model) checkPause(s *modelSnap, rec lifecycle.Record, bad func(string, ...any)) {
 	n := rec.Projection
 	p := m.pauses[n]
@@ -1674,9 +1674,12 @@ func (m *model) checkPause(s *modelSnap, rec lifecycle.Record, bad func(string, 
 			bad("%s v%d applied while paused (seq %d, %d when paused)", n, v, st.maxSeq, p.maxSeq[v])
 		}
 	}
+	// Any reset of the version (checkResets says which are legal: a rebuild of the active version,
+	// or the abandoned build of a target re-declared with another partition count, which starts
+	// again from 0 while paused) lets its checkpoints go back to 0.
 	resets := map[int]int{}
 	for _, r := range s.resets {
-		if r.name == n && r.active == r.version {
+		if r.name == n {
 			resets[r.version]++
 		}
 	}
