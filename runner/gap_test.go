@@ -47,10 +47,14 @@ func TestRolledBackAppendIsPassedWithoutWaitingForOthers(t *testing.T) {
 
 	doomed, gone := h.openAppend(ctx, "acct", "doomed", 1)
 	committed := h.appendOne(ctx, "acct", "ok", 2)
+	// Held at the hole: the runner has read the committed events, after the horizon tick of the
+	// same wake-up (short of a sub-millisecond race with the poll timer, one that read L at or
+	// above them). Only then does the slow appender start: a tick that saw it between taking K and
+	// its position lock, with the previous tick's L below the committed events, would bound it
+	// there for good (a bound never rises, internal/horizon), and they would wait for it.
+	h.waitHeld(gone.LastPosition())
 	_, stillOpen := h.openAppend(ctx, "acct", "slow", 1)
 	require.Greater(t, stillOpen.LastPosition(), committed.LastPosition())
-
-	h.waitHeld(gone.LastPosition())
 	require.Empty(t, appliedPositions(t, h.db.Pool, "rec"))
 	require.NoError(t, doomed.Rollback(ctx))
 
