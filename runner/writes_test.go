@@ -228,8 +228,12 @@ func TestWritesOrderAndMixedHandlers(t *testing.T) {
 		committed(b)
 	}
 	rn, _ := h.start(cfg, r)
+	// The hook runs after the batch's commit, which the checkpoint may show first.
 	h.waitFor("the projection to apply everything", func() bool {
-		return stateOf(t, rn, "cells").Position >= positions[len(positions)-1]
+		mu.Lock()
+		hooked := len(batches) > 0
+		mu.Unlock()
+		return hooked && stateOf(t, rn, "cells").Position >= positions[len(positions)-1]
 	})
 
 	rows, err := h.db.Pool.Query(ctx, `SELECT id, v FROM seen ORDER BY seq`)
@@ -282,7 +286,13 @@ func TestWritesManyStatementsInOneBatch(t *testing.T) {
 		committed(b)
 	}
 	rn, _ := h.start(cfg, r)
-	h.waitFor("the projection to apply everything", func() bool { return stateOf(t, rn, "many").Position >= positions[n-1] })
+	// The hook runs after the batch's commit, which the checkpoint may show first.
+	h.waitFor("the projection to apply everything", func() bool {
+		mu.Lock()
+		hooked := len(batches) > 0
+		mu.Unlock()
+		return hooked && stateOf(t, rn, "many").Position >= positions[n-1]
+	})
 	require.Equal(t, positions, appliedPositions(t, h.db.Pool, "many"))
 	var count, last int64
 	require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT n, last FROM tally`).Scan(&count, &last))
