@@ -14,10 +14,10 @@
 //
 // A Store holds no connection and is safe for concurrent use: every method runs on the DBTX it is
 // given (a pgx.Tx to make the append part of your transaction, or a pool or connection). Append
-// writes the events of one aggregate in one statement, checks the expected version
-// (eventstore.Any, NoStream, Exact) against the aggregate's head row and keeps that row locked
-// until the transaction ends, so concurrent appends to one aggregate serialize; versions have no
-// holes. The events become visible, and reach projections and subscriptions, when the transaction
+// writes the events of one aggregate in one statement (rarely two, see Store.Append), checks the
+// expected version (eventstore.Any, NoStream, Exact) against the aggregate's head row and keeps
+// that row locked until the transaction ends, so concurrent appends to one aggregate serialize;
+// versions have no holes. The events become visible, and reach projections and subscriptions, when the transaction
 // commits; a rollback leaves a hole in the positions that readers pass safely.
 //
 // Every statement that inserts into the events table takes a shared advisory lock first (a
