@@ -43,15 +43,17 @@ func TestRolledBackAppendIsPassedWithoutWaitingForOthers(t *testing.T) {
 	ctx := testCtx(t)
 	h := newHarness(t, true)
 	rec := &recorder{name: "rec"}
-	_, _ = h.start(h.config(), rec)
+	rn, _ := h.start(h.config(), rec)
 
 	doomed, gone := h.openAppend(ctx, "acct", "doomed", 1)
 	committed := h.appendOne(ctx, "acct", "ok", 2)
-	// Held at the hole: the runner has read the committed events, after the horizon tick of the
-	// same wake-up (short of a sub-millisecond race with the poll timer, one that read L at or
-	// above them). Only then does the slow appender start: a tick that saw it between taking K and
-	// its position lock, with the previous tick's L below the committed events, would bound it
-	// there for good (a bound never rises, internal/horizon), and they would wait for it.
+	// The slow appender starts once a horizon tick has read L at or above the committed events: a
+	// later tick that sees it between taking K and its position lock bounds it there at worst. With
+	// an earlier L, such a tick would bound it below the committed events for good (a bound never
+	// rises, internal/horizon), and they would wait for it.
+	h.waitFor("a horizon tick that read the committed events' positions", func() bool {
+		return rn.HorizonLastValueForTest() >= committed.LastPosition()
+	})
 	h.waitHeld(gone.LastPosition())
 	_, stillOpen := h.openAppend(ctx, "acct", "slow", 1)
 	require.Greater(t, stillOpen.LastPosition(), committed.LastPosition())

@@ -302,6 +302,15 @@ func (t *Tracker) Horizon() int64 {
 	return t.h
 }
 
+// LastValue returns the L that the last tick read (0 before the first, and after a failed tick):
+// a holder that the next tick sees for the first time owns nothing at or below it, unless that
+// tick is fresh.
+func (t *Tracker) LastValue() int64 {
+	t.tickMu.Lock()
+	defer t.tickMu.Unlock()
+	return t.state.l
+}
+
 // Changed returns a channel that is closed the next time the horizon moves.
 func (t *Tracker) Changed() <-chan struct{} {
 	t.mu.Lock()
