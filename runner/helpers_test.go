@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -114,6 +115,7 @@ type harness struct {
 	mu      sync.Mutex
 	changed chan struct{}
 	held    map[int64]bool
+	batches []runner.BatchInfo // committed, as the BatchCommitted hook reported them
 }
 
 func newHarness(t *testing.T, notify bool) *harness {
@@ -140,8 +142,13 @@ func (h *harness) config() runner.Config {
 		Logger:       zaptest.NewLogger(h.t),
 		PollInterval: 200 * time.Millisecond,
 		Hooks: runner.Hooks{
-			BatchCommitted: func(runner.BatchInfo) { h.signal() },
-			HandlerFailed:  func(_ runner.Unit, _ int64, _ error, _ runner.FailurePolicy) { h.signal() },
+			BatchCommitted: func(b runner.BatchInfo) {
+				h.mu.Lock()
+				h.batches = append(h.batches, b)
+				h.mu.Unlock()
+				h.signal()
+			},
+			HandlerFailed: func(_ runner.Unit, _ int64, _ error, _ runner.FailurePolicy) { h.signal() },
 			HeldAtGap: func(_ runner.Unit, pos int64) {
 				h.mu.Lock()
 				h.held[pos] = true
@@ -211,6 +218,14 @@ func (h *harness) waitFor(what string, cond func() bool) {
 			h.t.Fatalf("timed out waiting for %s", what)
 		}
 	}
+}
+
+// committedBatches returns the batches the runners of h.config() have committed so far. The hook
+// runs after the batch's commit, which a checkpoint may show first.
+func (h *harness) committedBatches() []runner.BatchInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.batches)
 }
 
 func (h *harness) waitHeld(pos int64) {

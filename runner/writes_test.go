@@ -217,23 +217,9 @@ func TestWritesOrderAndMixedHandlers(t *testing.T) {
 		return nil
 	})
 
-	var batches []runner.BatchInfo
-	var mu sync.Mutex
-	cfg := h.config()
-	committed := cfg.Hooks.BatchCommitted
-	cfg.Hooks.BatchCommitted = func(b runner.BatchInfo) {
-		mu.Lock()
-		batches = append(batches, b)
-		mu.Unlock()
-		committed(b)
-	}
-	rn, _ := h.start(cfg, r)
-	// The hook runs after the batch's commit, which the checkpoint may show first.
+	rn, _ := h.start(h.config(), r)
 	h.waitFor("the projection to apply everything", func() bool {
-		mu.Lock()
-		hooked := len(batches) > 0
-		mu.Unlock()
-		return hooked && stateOf(t, rn, "cells").Position >= positions[len(positions)-1]
+		return len(h.committedBatches()) > 0 && stateOf(t, rn, "cells").Position >= positions[len(positions)-1]
 	})
 
 	rows, err := h.db.Pool.Query(ctx, `SELECT id, v FROM seen ORDER BY seq`)
@@ -248,9 +234,7 @@ func TestWritesOrderAndMixedHandlers(t *testing.T) {
 	var x, y int64
 	require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT (SELECT v FROM cells WHERE id = 'x'), (SELECT v FROM cells WHERE id = 'y')`).Scan(&x, &y))
 	require.Equal(t, []int64{7, 2}, []int64{x, y}, "the last write of a row wins: writes run in order")
-	mu.Lock()
-	defer mu.Unlock()
-	require.Len(t, batches, 1, "one batch, hence deferred writes on both sides of the OnTx handlers")
+	require.Len(t, h.committedBatches(), 1, "one batch, hence deferred writes on both sides of the OnTx handlers")
 }
 
 // A batch whose handlers queue more statements than Writes holds at once is sent in several
@@ -274,31 +258,17 @@ func TestWritesManyStatementsInOneBatch(t *testing.T) {
 		w.Exec(`UPDATE tally SET last = $1 WHERE id = 1 AND last < $1`, ev.GlobalPosition)
 		return nil
 	})
-	var mu sync.Mutex
-	var batches []runner.BatchInfo
 	cfg := h.config()
 	cfg.BatchSize = 2 * n
-	committed := cfg.Hooks.BatchCommitted
-	cfg.Hooks.BatchCommitted = func(b runner.BatchInfo) {
-		mu.Lock()
-		batches = append(batches, b)
-		mu.Unlock()
-		committed(b)
-	}
 	rn, _ := h.start(cfg, r)
-	// The hook runs after the batch's commit, which the checkpoint may show first.
 	h.waitFor("the projection to apply everything", func() bool {
-		mu.Lock()
-		hooked := len(batches) > 0
-		mu.Unlock()
-		return hooked && stateOf(t, rn, "many").Position >= positions[n-1]
+		return len(h.committedBatches()) > 0 && stateOf(t, rn, "many").Position >= positions[n-1]
 	})
 	require.Equal(t, positions, appliedPositions(t, h.db.Pool, "many"))
 	var count, last int64
 	require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT n, last FROM tally`).Scan(&count, &last))
 	require.Equal(t, []int64{n, positions[n-1]}, []int64{count, last})
-	mu.Lock()
-	defer mu.Unlock()
+	batches := h.committedBatches()
 	require.Len(t, batches, 1)
 	require.Equal(t, n, batches[0].Events)
 }
