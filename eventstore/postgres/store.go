@@ -398,22 +398,28 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 	}
 	var err error
 	headKey := s.withHead.key(aggType, aggID)
+	known := s.withHead.has(headKey)
 	switch {
 	case shapes == nil:
 		err = run(&s.appendNoStream)
-	case !exact && !s.withHead.has(headKey):
+	case !exact && !known:
 		err = run(&shapes.full)
 	default:
 		if err = run(&shapes.fast); errors.Is(err, pgx.ErrNoRows) {
 			// No head row (events written without one, or a head row gone), or for Exact another
 			// version: the fallback inserts a missing head row, or finds no row either.
-			s.withHead.put(headKey, false)
+			if known {
+				s.withHead.put(headKey, false)
+				known = false
+			}
 			err = run(&shapes.fallback)
 		}
 	}
 	switch {
 	case err == nil:
-		s.withHead.put(headKey, true)
+		if !known {
+			s.withHead.put(headKey, true)
+		}
 		return eventstore.NewAppendResult(from, to, positions), nil
 	case errors.Is(err, pgx.ErrNoRows):
 		actual, herr := s.headVersion(ctx, tx, aggType, aggID)
