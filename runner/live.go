@@ -18,13 +18,19 @@ import (
 // view for the Heartbeat hook. It reads memory only: the workers' fields and the tracker's last
 // tick.
 func (r *Runner) liveStatus() (*checkpoint.NodeStatus, HeartbeatInfo) {
+	type named struct {
+		name string
+		w    *worker
+	}
 	r.mu.Lock()
 	tracker := r.tracker
-	workers := make([]*worker, 0, len(r.workers))
+	workers := make([]named, 0, len(r.workers))
 	for _, w := range r.workers {
-		workers = append(workers, w)
+		workers = append(workers, named{w.unit.String(), w})
 	}
 	r.mu.Unlock()
+	// In name order, so that both lists come out sorted.
+	slices.SortFunc(workers, func(a, b named) int { return strings.Compare(a.name, b.name) })
 	st := &checkpoint.NodeStatus{Units: make([]checkpoint.UnitStatus, 0, len(workers))}
 	info := HeartbeatInfo{Units: make([]UnitInfo, 0, len(workers))}
 	var blocker *checkpoint.Waiting
@@ -35,8 +41,8 @@ func (r *Runner) liveStatus() (*checkpoint.NodeStatus, HeartbeatInfo) {
 		}
 	}
 	info.Horizon = st.Horizon
-	for _, w := range workers {
-		k := w.key.Normalize()
+	for _, n := range workers {
+		w, k := n.w, n.w.key.Normalize()
 		w.mu.Lock()
 		u := checkpoint.UnitStatus{
 			Projection: k.Projection, Version: k.Version, Partitions: k.Partitions, Partition: k.Partition,
@@ -52,12 +58,8 @@ func (r *Runner) liveStatus() (*checkpoint.NodeStatus, HeartbeatInfo) {
 		}
 		w.mu.Unlock()
 		st.Units = append(st.Units, u)
-		info.Units = append(info.Units, UnitInfo{Unit: unitOf(k), Owned: u.Owned, State: u.State, Position: u.Position})
+		info.Units = append(info.Units, UnitInfo{Unit: w.unit, Owned: u.Owned, State: u.State, Position: u.Position})
 	}
-	slices.SortFunc(st.Units, func(a, b checkpoint.UnitStatus) int {
-		return strings.Compare(a.Key().String(), b.Key().String())
-	})
-	slices.SortFunc(info.Units, func(a, b UnitInfo) int { return strings.Compare(a.Unit.String(), b.Unit.String()) })
 	return st, info
 }
 

@@ -1,10 +1,6 @@
 package runner
 
-import (
-	"fmt"
-
-	"github.com/eventline/eventline/internal/checkpoint"
-)
+import "github.com/eventline/eventline/internal/checkpoint"
 
 // Unit names what the runner schedules, checkpoints and reports on: one partition of one version
 // of a projection (or detached handler). Hooks and BatchInfo carry it; it is comparable, so it
@@ -18,18 +14,9 @@ type Unit struct {
 }
 
 // String is "name", "name@2", "name#3/4" or "name@2#3/4": version 1 and the partition of an
-// unpartitioned projection are left out.
+// unpartitioned projection are left out (checkpoint keys read the same in logs and status).
 func (u Unit) String() string {
-	s := u.Projection
-	if u.Version != 1 && u.Version != 0 {
-		s += fmt.Sprintf("@%d", u.Version)
-	}
-	if u.Partitions > 1 {
-		s += fmt.Sprintf("#%d/%d", u.Partition, u.Partitions)
-	} else if u.Partition != 0 {
-		s += fmt.Sprintf("#%d", u.Partition)
-	}
-	return s
+	return checkpoint.Key{Projection: u.Projection, Version: u.Version, Partition: u.Partition, Partitions: u.Partitions}.String()
 }
 
 // unitOf is the public name of a checkpoint key, with its defaults filled in.
