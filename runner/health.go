@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Health errors, for errors.Is.
@@ -126,8 +124,8 @@ func (r *Runner) stuckBatches() []string {
 // Ready returns nil when the runner is live (Health) and every unit this process runs has
 // applied every event older than maxLag (the age of the first event it has not applied is at
 // most maxLag); with maxLag <= 0 only liveness counts. Otherwise it returns an error matching
-// ErrNotLive or ErrNotReady that says why, naming the lagging units. It reads one row per unit
-// this process runs that is behind the last position it knows of.
+// ErrNotLive or ErrNotReady that says why, naming the lagging units. It runs one query, for the
+// units this process runs that are behind the horizon.
 func (r *Runner) Ready(ctx context.Context, maxLag time.Duration) error {
 	if err := r.Health(ctx); err != nil {
 		return err
@@ -135,40 +133,15 @@ func (r *Runner) Ready(ctx context.Context, maxLag time.Duration) error {
 	if maxLag <= 0 {
 		return nil
 	}
-	type unit struct {
-		name string
-		pos  int64
-	}
-	var units []unit
-	r.mu.Lock()
-	tracker := r.tracker
-	for _, w := range r.workers {
-		w.mu.Lock()
-		if w.stop != nil {
-			units = append(units, unit{w.key.String(), w.statusPos})
-		}
-		w.mu.Unlock()
-	}
-	r.mu.Unlock()
-	horizon := int64(-1)
-	if tracker != nil {
-		horizon = tracker.Horizon()
+	// The live status and the Heartbeat hook's lag: one query for every unit behind the horizon.
+	_, info := r.liveStatus()
+	if err := r.measureLag(ctx, r.pool, &info); err != nil {
+		return fmt.Errorf("%w: %v", ErrNotReady, err)
 	}
 	var lagging []string
-	for _, u := range units {
-		if horizon >= 0 && u.pos >= horizon {
-			continue // caught up with every settled position
-		}
-		var created time.Time
-		err := r.pool.QueryRow(ctx, r.lagSQL, u.pos).Scan(&created)
-		if errors.Is(err, pgx.ErrNoRows) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("%w: read the lag of %s: %v", ErrNotReady, u.name, err)
-		}
-		if lag := time.Since(created); lag > maxLag {
-			lagging = append(lagging, fmt.Sprintf("%s lags %s (at %d)", u.name, lag.Round(time.Millisecond), u.pos))
+	for _, u := range info.Units {
+		if u.Owned && u.Lag > maxLag {
+			lagging = append(lagging, fmt.Sprintf("%s lags %s (at %d)", u.Unit, u.Lag.Round(time.Millisecond), u.Position))
 		}
 	}
 	if len(lagging) > 0 {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
+	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/checkpoint"
 )
 
@@ -82,7 +83,7 @@ func (r *Runner) reportHeartbeat(ctx context.Context, db *pgx.Conn, info Heartbe
 
 // measureLag fills in the lag of the owned units of info that are behind its horizon, with one
 // query on db: the age of the first event after each one's position.
-func (r *Runner) measureLag(ctx context.Context, db *pgx.Conn, info *HeartbeatInfo) error {
+func (r *Runner) measureLag(ctx context.Context, db eventstore.DBTX, info *HeartbeatInfo) error {
 	var idx []int
 	var positions []int64
 	for i, u := range info.Units {
