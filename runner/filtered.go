@@ -87,20 +87,10 @@ func (r *pageReader) loadFiltered(ctx context.Context, from, h int64, sel select
 // prefetchFiltered reads the filtered page at from in the background unless it is read already;
 // see prefetch.
 func (r *pageReader) prefetchFiltered(from, h int64, sel selection) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.bg == nil || r.bg.Err() != nil {
-		return
-	}
-	if _, ok := r.filtered.calls[filteredKey{from, sel.key}]; ok {
-		return
-	}
-	bg := r.bg
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		_, _ = r.loadFiltered(bg, from, h, sel) // an error is met again by the unit that needs the page
-	}()
+	prefetchPage(r, r.filtered, filteredKey{from, sel.key}, func(bg context.Context) error {
+		_, err := r.loadFiltered(bg, from, h, sel)
+		return err
+	})
 }
 
 // readFiltered reads the events in (from, h] that sel selects, with the selection in SQL. A

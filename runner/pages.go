@@ -197,34 +197,37 @@ func (r *pageReader) load(ctx context.Context, from, h int64, gen uint64) (*page
 // prefetch reads the page at from in the background unless it is cached or being read. The
 // goroutine belongs to the reader: wait for it with wait. It does nothing after stop.
 func (r *pageReader) prefetch(from, h int64, gen uint64) {
+	prefetchPage(r, r.shared, from, func(bg context.Context) error {
+		_, err := r.load(bg, from, h, gen)
+		return err
+	})
+}
+
+// prefetchPage runs load in the background, in a goroutine of the reader, unless k is in s
+// already or the reader is stopped. An error is met again by the unit that needs the page.
+func prefetchPage[K comparable](r *pageReader, s *pageSet[K], k K, load func(context.Context) error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.bg == nil || r.bg.Err() != nil {
 		return
 	}
-	if _, ok := r.shared.calls[from]; ok {
+	if _, ok := s.calls[k]; ok {
 		return
 	}
 	bg := r.bg
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		_, _ = r.load(bg, from, h, gen) // an error is met again by the projection that needs the page
+		_ = load(bg)
 	}()
 }
 
-// setMaxBytes sets the cache's bound in bytes (Config.PageCacheBytes).
-func (r *pageReader) setMaxBytes(n int) {
+// start enables prefetching until ctx ends, with the cache bounded by maxBytes
+// (Config.PageCacheBytes); wait then waits for the prefetches in flight.
+func (r *pageReader) start(ctx context.Context, maxBytes int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.maxBytes = n
-}
-
-// start enables prefetching until ctx ends; wait then waits for the prefetches in flight.
-func (r *pageReader) start(ctx context.Context) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.bg = ctx
+	r.bg, r.maxBytes = ctx, maxBytes
 }
 
 // wait disables prefetching and waits for the prefetches in flight. Clearing bg under mu orders

@@ -52,12 +52,13 @@ var (
 
 // Runner runs projections. Create it with New, Register projections, then Run.
 type Runner struct {
-	pool  *pgxpool.Pool
-	store *postgres.Store
-	cfg   Config
-	log   *zap.Logger
-	cps   *checkpoint.Store
-	lc    *lifecycle.Store
+	pool    *pgxpool.Pool
+	store   *postgres.Store
+	cfg     Config
+	log     *zap.Logger
+	cps     *checkpoint.Store
+	lc      *lifecycle.Store
+	applied appliedChecker // WaitApplied's, on the same lifecycle store
 
 	mu      sync.Mutex
 	regs    []*registration
@@ -96,18 +97,19 @@ func New(pool *pgxpool.Pool, store *postgres.Store, cfg Config) (*Runner, error)
 	}
 	events := sqlname.MustParse(names.EventsTable)
 	ev := events.Quoted()
-	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageBytes, cfg.PageCache, cmp.Or(cfg.PageCacheBytes, PageCacheBytesDefault))
+	pages := newPageReader(pool, store, cfg.BatchSize, cfg.PageBytes, cfg.PageCache, 0) // bounded in bytes by Run
 	pages.onRead = cfg.Hooks.PageRead
+	applied := newAppliedChecker(names)
 	return &Runner{
-		pool:   pool,
-		store:  store,
-		events: events,
-		names:  names,
-		cfg:    cfg,
-		log:    cfg.Logger.Named("runner"),
-		cps:    cps,
-		lc: lifecycle.New(sqlname.MustParse(names.ProjectionsTable), sqlname.MustParse(names.CheckpointsTable),
-			sqlname.MustParse(names.DeadLettersTable)),
+		pool:     pool,
+		store:    store,
+		events:   events,
+		names:    names,
+		cfg:      cfg,
+		log:      cfg.Logger.Named("runner"),
+		cps:      cps,
+		lc:       applied.lc,
+		applied:  applied,
 		byName:   map[string]*registration{},
 		workers:  map[checkpoint.Key]*worker{},
 		wake:     newBroadcast(),
@@ -259,10 +261,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer stopTimer()
 
 	g, gctx := errgroup.WithContext(ctx)
-	if r.cfg.PageCacheBytes == 0 {
-		r.pages.setMaxBytes(PageCacheBytesDefault + PageCacheBytesPerProjection*max(0, len(regs)-1))
-	}
-	r.pages.start(gctx)
+	r.pages.start(gctx, cmp.Or(r.cfg.PageCacheBytes, PageCacheBytesDefault+PageCacheBytesPerProjection*max(0, len(regs)-1)))
 	r.life.up(tracker, gctx)
 	g.Go(func() error {
 		return tracker.Run(gctx, r.cfg.HorizonInterval, r.cfg.HorizonMinGap, func(err error) {

@@ -99,7 +99,7 @@ func (w *Waiter) Wait(ctx context.Context, projection string, position int64, ag
 
 // WaitApplied is Waiter.Wait on the runner's own listener: it needs Run to be running.
 func (r *Runner) WaitApplied(ctx context.Context, projection string, position int64, aggregateID string) error {
-	return waitApplied(ctx, r.pool, r.progress, newAppliedChecker(r.names), projection, position, aggregateID)
+	return waitApplied(ctx, r.pool, r.progress, r.applied, projection, position, aggregateID)
 }
 
 func waitApplied(ctx context.Context, db eventstore.DBTX, progress *broadcast, checker appliedChecker,
