@@ -7,6 +7,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/projector"
@@ -81,27 +84,44 @@ func TestPartitionOwnersReadOneCopy(t *testing.T) {
 
 // TestPartitionsInMemoryWhenSQLDisagrees: when the database cannot select partitions as
 // projector.PartitionOf does (the function of migration 0007 is missing, or computes something
-// else), the runner filters partitions in memory, and every event is still applied exactly once.
+// else), the runner says at start, as a warning since a partitioned projection is registered, that
+// it filters partitions in memory, and why; and every event is still applied exactly once (with
+// the selection in SQL, a missing function would fail the reads, and the wrong one would send
+// every event to partition 0 and none to the others).
 func TestPartitionsInMemoryWhenSQLDisagrees(t *testing.T) {
 	t.Parallel()
-	for name, ddl := range map[string]string{
-		"missing": `DROP FUNCTION eventline_partition_of(text, integer)`,
-		"wrong": `CREATE OR REPLACE FUNCTION eventline_partition_of(aggregate_id text, partitions integer) RETURNS integer
+	const fallback = "partitions are filtered in memory: every partition's owner reads every event"
+	for name, tc := range map[string]struct{ ddl, reason string }{
+		"missing": {
+			ddl:    `DROP FUNCTION eventline_partition_of(text, integer)`,
+			reason: "is missing",
+		},
+		"wrong": {
+			ddl: `CREATE OR REPLACE FUNCTION eventline_partition_of(aggregate_id text, partitions integer) RETURNS integer
 			LANGUAGE sql IMMUTABLE AS $$ SELECT 0 $$`,
+			reason: "projector.PartitionOf gives",
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ctx := testCtx(t)
 			h := newHarness(t, true)
-			_, err := h.db.Pool.Exec(ctx, ddl)
+			_, err := h.db.Pool.Exec(ctx, tc.ddl)
 			require.NoError(t, err)
-			n := h.appendSpread(ctx, 60, 3)
+			h.appendSpread(ctx, 60, 3)
 			cfg := h.config()
 			cfg.BatchSize = 20
-			read := rowCounter(&cfg)
+			core, logs := observer.New(zap.DebugLevel)
+			cfg.Logger = zap.New(zapcore.NewTee(cfg.Logger.Core(), core))
 			_, _ = h.start(cfg, partitionedRecorder{&recorder{name: "parts"}, 3})
 			h.requireExactlyOnce("parts")
-			require.GreaterOrEqual(t, read.Load(), int64(n))
+
+			// The runner started once: one entry, at Warn, with the reason of this case.
+			entries := logs.FilterMessage(fallback).All()
+			require.Len(t, entries, 1, "the runner fell back to filtering partitions in memory, once per start")
+			require.Equal(t, zapcore.WarnLevel, entries[0].Level, "a partitioned projection is registered")
+			reason, _ := entries[0].ContextMap()["reason"].(string)
+			require.Contains(t, reason, tc.reason)
 		})
 	}
 }
