@@ -21,15 +21,15 @@
 //	eventline.event.id, eventline.event.type, eventline.aggregate.type, eventline.aggregate.id
 //	                             (detached events only)
 //
-// A span per event costs a few microseconds of CPU per event (see BenchmarkTracing): use a
-// sampler (sdktrace.ParentBased, TraceIDRatioBased) when a detached handler sees many events.
-//
 // and the status Error, with the error recorded, when the handler failed or the database did. It
 // links to the traces that appended its events: an event's stored TraceID (written by TraceID
 // through postgres.StoreConfig, or by the writer itself) is a W3C traceparent
 // ("00-<trace id>-<span id>-<flags>") or a bare 32-digit trace ID; the span links to that span
 // (a bare trace ID: a link without a span, carrying the ID as eventline.trace_id). Events of one
 // trace give one link; at most Config.MaxLinks links per span.
+//
+// A span per event costs a few microseconds of CPU per event (see BenchmarkTracing): use a
+// sampler (sdktrace.ParentBased, TraceIDRatioBased) when a detached handler sees many events.
 package otel
 
 import (
@@ -103,35 +103,32 @@ func (t *Tracer) TraceID(ctx context.Context) string {
 
 func (t *Tracer) handling(ctx context.Context, h runner.Handling) (context.Context, func(runner.HandlingEnd)) {
 	name := BatchSpanName
-	var attrs []attribute.KeyValue
+	attrs := []attribute.KeyValue{
+		attribute.String("eventline.projection", h.Unit.Projection),
+		attribute.Int("eventline.version", h.Unit.Version),
+		attribute.Int("eventline.partition", h.Unit.Partition),
+		attribute.Int("eventline.attempt", h.Attempt),
+	}
 	if h.Detached && len(h.Events) == 1 {
 		// A span per event: only what differs from a batch's.
 		name = EventSpanName
 		ev := &h.Events[0]
-		attrs = []attribute.KeyValue{
-			attribute.String("eventline.projection", h.Unit.Projection),
-			attribute.Int("eventline.version", h.Unit.Version),
-			attribute.Int("eventline.partition", h.Unit.Partition),
+		attrs = append(attrs,
 			attribute.Bool("eventline.detached", true),
 			attribute.Int64("eventline.position.to", h.To),
-			attribute.Int("eventline.attempt", h.Attempt),
 			attribute.String("eventline.event.id", ev.EventID.String()),
 			attribute.String("eventline.event.type", ev.EventType),
 			attribute.String("eventline.aggregate.type", ev.AggregateType),
 			attribute.String("eventline.aggregate.id", ev.AggregateID),
-		}
+		)
 	} else {
-		attrs = []attribute.KeyValue{
-			attribute.String("eventline.projection", h.Unit.Projection),
-			attribute.Int("eventline.version", h.Unit.Version),
-			attribute.Int("eventline.partition", h.Unit.Partition),
+		attrs = append(attrs,
 			attribute.Int("eventline.partitions", h.Unit.Partitions),
 			attribute.Bool("eventline.detached", h.Detached),
 			attribute.Int64("eventline.position.from", h.From),
 			attribute.Int64("eventline.position.to", h.To),
 			attribute.Int("eventline.events", len(h.Events)),
-			attribute.Int("eventline.attempt", h.Attempt),
-		}
+		)
 	}
 	ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attrs...), trace.WithLinks(t.links(h.Events)...))
