@@ -187,21 +187,12 @@ const deadLettersShown = 200
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	s, err := h.adm.Snapshot(ctx, h.cfg.Pool)
+	// One transaction: the list agrees with the total.
+	s, dls, err := h.adm.SnapshotWithDeadLetters(ctx, h.cfg.Pool, deadLettersShown)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "read status: "+err.Error())
 		return
 	}
-	dls, err := h.adm.DeadLetters(ctx, h.cfg.Pool, "", deadLettersShown)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "read dead letters: "+err.Error())
-		return
-	}
-	var total int64
-	for _, l := range s.Lifecycle {
-		total += l.DeadLetters
-	}
-	total = max(total, int64(len(dls))) // a dead letter of a projection without a record
 	problems := s.Check(admin.Bounds{})
 	if problems == nil {
 		problems = []admin.Problem{}
@@ -211,7 +202,7 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 			Actions: h.cfg.AllowActions, PollIntervalMS: h.cfg.PollInterval.Milliseconds(),
 			HistorySeconds: int64(h.cfg.History.Seconds()),
 		},
-		Status: s, Problems: problems, DeadLetters: dls, DeadLettersTotal: total,
+		Status: s, Problems: problems, DeadLetters: dls, DeadLettersTotal: s.DeadLetters,
 	})
 }
 

@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -59,8 +60,10 @@ type statusBody struct {
 		} `json:"nodes"`
 	} `json:"status"`
 	DeadLetters []struct {
-		ID         int64  `json:"id"`
-		Projection string `json:"projection"`
+		ID             int64  `json:"id"`
+		Projection     string `json:"projection"`
+		Version        int    `json:"version"`
+		GlobalPosition int64  `json:"global_position"`
 	} `json:"dead_letters"`
 	DeadLettersTotal int64 `json:"dead_letters_total"`
 }
@@ -231,20 +234,36 @@ func TestActionOutcomes(t *testing.T) {
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
-// The status lists the first 200 dead letters and says how many there are.
+// The status lists the first 200 dead letters, by projection, version and position, and says how
+// many there are: those of a projection without a lifecycle record included.
 func TestDeadLettersAreCapped(t *testing.T) {
 	db := eventlinetest.NewDatabase(t)
+	// p version 2 is inserted first (lower IDs) so that the order is not the order of the IDs; q
+	// has no lifecycle record and sorts last, beyond the 200 listed.
 	_, err := db.Pool.Exec(t.Context(), `
 		INSERT INTO eventline_projections (projection, active_version, active_partitions) VALUES ('p', 1, 1);
 		INSERT INTO eventline_dead_letters (projection, version, global_position, event_id, error, aggregate_type, aggregate_id)
-		SELECT 'p', 1, n, gen_random_uuid(), 'bad', 'a', 'a-' || n FROM generate_series(1, 205) n`)
+		SELECT 'p', 2, n, gen_random_uuid(), 'bad', 'a', 'a-' || n FROM generate_series(1, 100) n;
+		INSERT INTO eventline_dead_letters (projection, version, global_position, event_id, error, aggregate_type, aggregate_id)
+		SELECT 'p', 1, n, gen_random_uuid(), 'bad', 'a', 'a-' || n FROM generate_series(200, 101, -1) n;
+		INSERT INTO eventline_dead_letters (projection, version, global_position, event_id, error, aggregate_type, aggregate_id)
+		SELECT 'q', 1, n, gen_random_uuid(), 'bad', 'a', 'a-' || n FROM generate_series(1, 10) n`)
 	require.NoError(t, err)
 	h, err := console.New(console.Config{Pool: db.Pool})
 	require.NoError(t, err)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	s := getStatus(t, srv.URL)
-	require.Len(t, s.DeadLetters, 200)
-	require.Equal(t, int64(205), s.DeadLettersTotal)
-	require.Equal(t, "p", s.DeadLetters[199].Projection)
+	require.Equal(t, int64(210), s.DeadLettersTotal)
+	var want, got []string
+	for n := 101; n <= 200; n++ {
+		want = append(want, fmt.Sprintf("p/1/%d", n))
+	}
+	for n := 1; n <= 100; n++ {
+		want = append(want, fmt.Sprintf("p/2/%d", n))
+	}
+	for _, d := range s.DeadLetters {
+		got = append(got, fmt.Sprintf("%s/%d/%d", d.Projection, d.Version, d.GlobalPosition))
+	}
+	require.Equal(t, want, got)
 }

@@ -39,9 +39,9 @@ newer version replaying beside it), waiting (a new layout waiting for the active
 its barrier). STATE is paused (by an operator), stopped (a handler failed), else running for
 the active layout and the role for the others.
 
---json prints {"time", "head", "projections": [...], "lifecycle": [...], "nodes": [...]} with
-snake_case keys and full errors: "projections" has one object per checkpoint, "lifecycle" one
-per projection.
+--json prints {"time", "head", "projections": [...], "lifecycle": [...], "dead_letters",
+"nodes": [...]} with snake_case keys and full errors: "projections" has one object per
+checkpoint, "lifecycle" one per projection, "dead_letters" counts every dead letter.
 
 EVENTS/S and the "waiting at" and "retrying after" lines are what each unit's owner published
 with its last heartbeat: the events it applied per second, the open appender transaction that

@@ -66,7 +66,8 @@ localhost or a loopback IP, so that a web page cannot reach it through a DNS nam
 		*token = "" // read-only: no token to leak through the page
 	}
 	// The table names are checked before connecting, as for every command.
-	if _, err := a.tables(); err != nil {
+	names, err := a.names()
+	if err != nil {
 		return err
 	}
 	pool, err := a.connectN(ctx, c.name, uiMaxConns)
@@ -75,7 +76,7 @@ localhost or a loopback IP, so that a web page cannot reach it through a DNS nam
 	}
 	defer pool.Close()
 	h, err := console.New(console.Config{
-		Pool: pool, Names: a.g.names, AllowActions: *allow, Token: *token, PollInterval: *poll, Logger: a.logger(),
+		Pool: pool, Names: names, AllowActions: *allow, Token: *token, PollInterval: *poll, Logger: a.logger(),
 	})
 	if err != nil {
 		return usageErrorf(c.name, "ui: %v", err)

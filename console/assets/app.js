@@ -140,7 +140,7 @@
 
     const problems = $('#problems');
     problems.hidden = !body.problems.length;
-    problems.replaceChildren(...body.problems.map((pr) => el('li', { 'data-kind': pr.kind }, `${pr.unit || pr.projection}: ${pr.reason}`)));
+    problems.replaceChildren(...body.problems.map((pr) => el('li', { 'data-kind': pr.kind }, (pr.unit || pr.projection) ? `${pr.unit || pr.projection}: ${pr.reason}` : pr.reason)));
 
     replaceRows($('#projections tbody'), s.lifecycle.map((l) => {
       const name = l.projection, path = (a) => `api/projections/${encodeURIComponent(name)}/${a}`;

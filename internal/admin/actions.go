@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 )
@@ -128,12 +129,16 @@ type DeadLetter struct {
 // DeadLetters lists the parked events of projection (of all projections with ""), by projection,
 // version and position: the first limit of them, or all when limit is 0.
 func (a *Admin) DeadLetters(ctx context.Context, pool *pgxpool.Pool, projection string, limit int) ([]DeadLetter, error) {
+	return a.deadLetters(ctx, pool, projection, limit)
+}
+
+func (a *Admin) deadLetters(ctx context.Context, db eventstore.DBTX, projection string, limit int) ([]DeadLetter, error) {
 	var dls []checkpoint.DeadLetter
 	var err error
 	if limit > 0 {
-		dls, err = a.cps.FirstDeadLetters(ctx, pool, projection, limit)
+		dls, err = a.cps.FirstDeadLetters(ctx, db, projection, limit)
 	} else {
-		dls, err = a.cps.DeadLetters(ctx, pool, projection)
+		dls, err = a.cps.DeadLetters(ctx, db, projection)
 	}
 	if err != nil {
 		return nil, err

@@ -20,6 +20,7 @@ type Bounds struct {
 // Problem is one reason a snapshot fails Check.
 type Problem struct {
 	// Projection, and Unit when the problem is a unit's ("" for a projection-wide problem).
+	// Projection is "" for the dead letters of projections without a lifecycle record.
 	Projection string `json:"projection"`
 	Unit       string `json:"unit"`
 	// Kind is one of "stopped", "dead_letters", "lag", "no_owner".
@@ -33,7 +34,11 @@ func (p Problem) String() string {
 	if p.Unit != "" {
 		what = p.Unit
 	}
-	return what + ": " + strings.Join(strings.Fields(p.Reason), " ")
+	reason := strings.Join(strings.Fields(p.Reason), " ")
+	if what == "" {
+		return reason // not one projection's
+	}
+	return what + ": " + reason
 }
 
 // Problem kinds.
@@ -45,18 +50,26 @@ const (
 )
 
 // Check returns what is wrong in s, in the order of s.Lifecycle and s.Projections (nil when
-// nothing is): a unit stopped by a handler failure, a projection with dead letters, an active
-// unit that lags beyond b (not a paused or stopped one: its lag has a reason already given), and
-// a unit the projection runs (active, building or waiting) that no live process holds a lease on
+// nothing is): a projection with dead letters (then, with Projection "", the dead letters of
+// projections without a lifecycle record), a unit stopped by a handler failure, an active unit
+// that lags beyond b (not a paused or stopped one: its lag has a reason already given), and a
+// unit the projection runs (active, building or waiting) that no live process holds a lease on
 // (unless paused: it has nothing to do).
 // Retired and standby layouts are not checked.
 func (s Snapshot) Check(b Bounds) []Problem {
 	var out []Problem
+	unrecorded := s.DeadLetters
 	for _, p := range s.Lifecycle {
+		unrecorded -= p.DeadLetters
 		if p.DeadLetters > 0 {
 			out = append(out, Problem{Projection: p.Projection, Kind: ProblemDeadLetters,
 				Reason: fmt.Sprintf("%d dead %s (eventline dead-letters list)", p.DeadLetters, plural(p.DeadLetters, "letter"))})
 		}
+	}
+	if unrecorded > 0 {
+		out = append(out, Problem{Kind: ProblemDeadLetters, Reason: fmt.Sprintf(
+			"%d dead %s of projections without a lifecycle record (eventline dead-letters list)",
+			unrecorded, plural(unrecorded, "letter"))})
 	}
 	for _, u := range s.Projections {
 		role := lifecycle.Role(u.Role)

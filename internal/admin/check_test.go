@@ -19,6 +19,8 @@ func TestCheck(t *testing.T) {
 	expired.LeaseOwner, expired.LeaseUntil = "node-gone", &lease
 	s := Snapshot{
 		Lifecycle: []LifecycleStatus{{Projection: "orders", DeadLetters: 2}, {Projection: "search"}},
+		// 3 of the projections without a lifecycle record.
+		DeadLetters: 5,
 		Projections: []CheckpointStatus{
 			unit("mailer", "active", "paused", "node-a", 50, 500),     // paused: lags on purpose
 			unit("orders", "active", "running", "node-a", 6, 60),      // lags 60s
@@ -36,6 +38,7 @@ func TestCheck(t *testing.T) {
 	}
 	require.Equal(t, []string{
 		"dead_letters orders: 2 dead letters (eventline dead-letters list)",
+		"dead_letters 3 dead letters of projections without a lifecycle record (eventline dead-letters list)",
 		"lag orders: lags 60.0s behind (bound 30s): at 94, head 100",
 		"no_owner search: no live owner (the lease of node-gone ran out)",
 		"no_owner search: no live owner (no runner process holds a lease on it)",

@@ -24,7 +24,10 @@ type Snapshot struct {
 	Projections []CheckpointStatus `json:"projections"`
 	// Lifecycle has one entry per projection: its lifecycle record.
 	Lifecycle []LifecycleStatus `json:"lifecycle"`
-	Nodes     []NodeStatus      `json:"nodes"`
+	// DeadLetters counts every dead letter, those of projections without a lifecycle record
+	// included.
+	DeadLetters int64        `json:"dead_letters"`
+	Nodes       []NodeStatus `json:"nodes"`
 }
 
 // CheckpointStatus is one unit: a partition of a version of a projection.
@@ -152,6 +155,27 @@ func (a *Admin) Snapshot(ctx context.Context, pool *pgxpool.Pool) (Snapshot, err
 	return s, nil
 }
 
+// SnapshotWithDeadLetters is Snapshot and the first limit dead letters of every projection (all
+// of them with 0), by projection, version and position, read in the same transaction: the list
+// agrees with the snapshot's DeadLetters.
+func (a *Admin) SnapshotWithDeadLetters(ctx context.Context, pool *pgxpool.Pool, limit int) (Snapshot, []DeadLetter, error) {
+	var s Snapshot
+	var dls []DeadLetter
+	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
+		func(tx pgx.Tx) error {
+			var err error
+			if s, err = a.readSnapshot(ctx, tx); err != nil {
+				return err
+			}
+			dls, err = a.deadLetters(ctx, tx, "", limit)
+			return err
+		})
+	if err != nil {
+		return Snapshot{}, nil, err
+	}
+	return s, dls, nil
+}
+
 func (a *Admin) readSnapshot(ctx context.Context, tx pgx.Tx) (Snapshot, error) {
 	cps, err := a.cps.List(ctx, tx)
 	if err != nil {
@@ -166,13 +190,14 @@ func (a *Admin) readSnapshot(ctx context.Context, tx pgx.Tx) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
+	s := Snapshot{Projections: make([]CheckpointStatus, 0, len(cps)), Lifecycle: make([]LifecycleStatus, 0, len(records)),
+		Nodes: []NodeStatus{}}
 	deadBy := map[string]int64{}
 	for _, d := range dead {
 		deadBy[d.Projection] += d.Count
+		s.DeadLetters += d.Count
 	}
 	byName := make(map[string]lifecycle.Record, len(records))
-	s := Snapshot{Projections: make([]CheckpointStatus, 0, len(cps)), Lifecycle: make([]LifecycleStatus, 0, len(records)),
-		Nodes: []NodeStatus{}}
 	for _, r := range records {
 		byName[r.Projection] = r
 		l := recordStatus(r)
