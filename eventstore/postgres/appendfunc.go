@@ -50,8 +50,13 @@ func MapAppendFuncError(err error) error {
 			Expected: expected, Actual: d.Actual}
 	case pgErr.Code == programLimitExceeded && strings.HasPrefix(pgErr.Message, "eventline append"):
 		return fmt.Errorf("%w: %s", eventstore.ErrEventTooLarge, pgErr.Message)
-	case pgErr.Code == uniqueViolation && strings.Contains(pgErr.Detail, "(event_id)"):
+	case isDuplicateEventID(pgErr):
 		return fmt.Errorf("%w: %s", eventstore.ErrDuplicateEventID, pgErr.Detail)
 	}
 	return err
+}
+
+// isDuplicateEventID reports whether pgErr is the events table's unique index on event_id.
+func isDuplicateEventID(pgErr *pgconn.PgError) bool {
+	return pgErr.Code == uniqueViolation && strings.Contains(pgErr.Detail, "(event_id)")
 }

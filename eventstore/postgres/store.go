@@ -399,6 +399,14 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 	var err error
 	headKey := s.withHead.key(aggType, aggID)
 	known := s.withHead.has(headKey)
+	// conflict reads the aggregate's version after a statement found no row.
+	conflict := func() (*eventstore.ConcurrencyError, error) {
+		actual, err := s.headVersion(ctx, tx, aggType, aggID)
+		if err != nil {
+			return nil, fmt.Errorf("append to %s %q: read version after conflict: %w", aggType, aggID, err)
+		}
+		return &eventstore.ConcurrencyError{AggregateType: aggType, AggregateID: aggID, Expected: expected, Actual: actual}, nil
+	}
 	switch {
 	case shapes == nil:
 		err = run(&s.appendNoStream)
@@ -406,9 +414,18 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 		err = run(&shapes.full)
 	default:
 		if err = run(&shapes.fast); errors.Is(err, pgx.ErrNoRows) {
-			// No head row (events written without one, or a head row gone), or for Exact another
-			// version: the fallback inserts a missing head row, or finds no row either.
-			if known {
+			// No row. For Exact, most often another version: a conflict, answered from the version
+			// alone. Else no head row (events written without one, or a head row gone): the
+			// fallback inserts it (or, racing another append, finds no row either).
+			if exact {
+				ce, err := conflict()
+				if err != nil {
+					return eventstore.AppendResult{}, err
+				}
+				if ce.Actual != expectedVersion {
+					return eventstore.AppendResult{}, ce
+				}
+			} else if known {
 				s.withHead.put(headKey, false)
 				known = false
 			}
@@ -422,17 +439,15 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 		}
 		return eventstore.NewAppendResult(from, to, positions), nil
 	case errors.Is(err, pgx.ErrNoRows):
-		actual, herr := s.headVersion(ctx, tx, aggType, aggID)
-		if herr != nil {
-			return eventstore.AppendResult{}, fmt.Errorf("append to %s %q: read version after conflict: %w", aggType, aggID, herr)
+		ce, err := conflict()
+		if err != nil {
+			return eventstore.AppendResult{}, err
 		}
-		return eventstore.AppendResult{}, &eventstore.ConcurrencyError{
-			AggregateType: aggType, AggregateID: aggID, Expected: expected, Actual: actual,
-		}
+		return eventstore.AppendResult{}, ce
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == uniqueViolation {
-		if strings.Contains(pgErr.Detail, "(event_id)") {
+		if isDuplicateEventID(pgErr) {
 			return eventstore.AppendResult{}, fmt.Errorf("append to %s %q: %w: %s", aggType, aggID, eventstore.ErrDuplicateEventID, pgErr.Detail)
 		}
 		if strings.Contains(pgErr.Detail, "(aggregate_type, aggregate_id, aggregate_version)") {
