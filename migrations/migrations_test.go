@@ -273,8 +273,7 @@ func TestUpgradeToLifecycleRecords(t *testing.T) {
 		exec(`INSERT INTO eventline_migrations (events_table, version, name) VALUES ('events', $1, $2)`, m.Version, m.Name)
 	}
 
-	lc := lifecycle.New(sqlname.MustParse(cfg.ProjectionsTable), sqlname.MustParse(cfg.CheckpointsTable),
-		sqlname.MustParse(cfg.DeadLettersTable))
+	lc := lifecycle.New(cfg)
 	type record struct {
 		Active, Target lifecycle.Layout
 		Mode           lifecycle.Mode

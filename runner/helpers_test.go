@@ -21,7 +21,6 @@ import (
 	"github.com/eventline/eventline/eventstore/postgres"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
-	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/projector"
 	"github.com/eventline/eventline/runner"
 )
@@ -268,8 +267,7 @@ var errBoom = errors.New("boom")
 
 // lc returns a lifecycle store on the default tables, to read records and act as the CLI does.
 func (h *harness) lc() *lifecycle.Store {
-	return lifecycle.New(sqlname.MustParse(eventline.ProjectionsTableDefault), sqlname.MustParse(eventline.CheckpointsTableDefault),
-		sqlname.MustParse(eventline.DeadLettersTableDefault))
+	return lifecycle.New(eventline.Names{})
 }
 
 // record reads a projection's lifecycle record (the zero Record before it exists).

@@ -130,9 +130,7 @@ type appliedChecker struct {
 
 // newAppliedChecker reads names' tables; names are valid, with defaults (a Store's).
 func newAppliedChecker(names eventline.Names) appliedChecker {
-	c := sqlname.MustParse(names.CheckpointsTable)
-	lc := lifecycle.New(sqlname.MustParse(names.ProjectionsTable), c, sqlname.MustParse(names.DeadLettersTable))
-	return appliedChecker{lc: lc, checkpoints: c.Quoted()}
+	return appliedChecker{lc: lifecycle.New(names), checkpoints: sqlname.MustParse(names.CheckpointsTable).Quoted()}
 }
 
 func (c appliedChecker) applied(ctx context.Context, db eventstore.DBTX, projection string, position int64, aggregateID string) (bool, error) {

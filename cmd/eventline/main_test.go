@@ -25,7 +25,6 @@ import (
 	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
-	"github.com/eventline/eventline/internal/sqlname"
 	"github.com/eventline/eventline/migrations"
 )
 
@@ -102,8 +101,7 @@ const longError = "apply Placed to totals: ERROR: duplicate key value violates u
 
 func newLifecycle(t *testing.T) *lifecycle.Store {
 	t.Helper()
-	return lifecycle.New(sqlname.MustParse(eventline.ProjectionsTableDefault),
-		sqlname.MustParse(eventline.CheckpointsTableDefault), sqlname.MustParse(eventline.DeadLettersTableDefault))
+	return lifecycle.New(eventline.Names{})
 }
 
 // newFixture creates:

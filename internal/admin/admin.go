@@ -64,9 +64,7 @@ func New(cfg Config) (*Admin, error) {
 	if err != nil {
 		return nil, err
 	}
-	lc := lifecycle.New(sqlname.MustParse(n.ProjectionsTable), sqlname.MustParse(n.CheckpointsTable),
-		sqlname.MustParse(n.DeadLettersTable))
-	return &Admin{cps: cps, lc: lc, events: sqlname.MustParse(n.EventsTable), idleWait: cfg.IdleWait, now: cfg.Now}, nil
+	return &Admin{cps: cps, lc: lifecycle.New(n), events: sqlname.MustParse(n.EventsTable), idleWait: cfg.IdleWait, now: cfg.Now}, nil
 }
 
 // IdleWait is how long Pause waits for the batches in flight.

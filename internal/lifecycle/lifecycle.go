@@ -28,6 +28,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/eventstore"
 	"github.com/eventline/eventline/internal/sqlname"
 )
@@ -162,9 +163,12 @@ type Store struct {
 	p, cp, dl string // quoted table names
 }
 
-// New returns a Store for these tables.
-func New(projections, checkpoints, deadLetters sqlname.Name) *Store {
-	return &Store{p: projections.Quoted(), cp: checkpoints.Quoted(), dl: deadLetters.Quoted()}
+// New returns a Store for the tables names gives (empty names take their defaults); names must
+// be valid (eventline.Names.Validate), as checkpoint.New checks.
+func New(names eventline.Names) *Store {
+	n := names.WithDefaults()
+	quoted := func(name string) string { return sqlname.MustParse(name).Quoted() }
+	return &Store{p: quoted(n.ProjectionsTable), cp: quoted(n.CheckpointsTable), dl: quoted(n.DeadLettersTable)}
 }
 
 const recordColumns = `projection, active_version, active_partitions, coalesce(target_version, 0),
@@ -271,6 +275,15 @@ func (s *Store) deleteRows(ctx context.Context, tx pgx.Tx, name string, l Layout
 	return nil
 }
 
+// deleteDeadLetters deletes the dead letters of a version of a projection; what says whose, for
+// the error.
+func (s *Store) deleteDeadLetters(ctx context.Context, tx pgx.Tx, name string, version int, what string) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM `+s.dl+` WHERE projection = $1 AND version = $2`, name, version); err != nil {
+		return fmt.Errorf("delete dead letters of %s %s: %w", name, what, err)
+	}
+	return nil
+}
+
 // lockPositions locks the checkpoint rows of layout l (waiting for batches in flight) and
 // returns their positions.
 func (s *Store) lockPositions(ctx context.Context, tx pgx.Tx, name string, l Layout) ([]int64, error) {
@@ -296,9 +309,8 @@ func (s *Store) clearTarget(ctx context.Context, tx pgx.Tx, r *Record) error {
 	}
 	if r.Target.Version != r.Active.Version {
 		// A superseded version never runs again: nothing would retry its dead letters.
-		if _, err := tx.Exec(ctx, `DELETE FROM `+s.dl+` WHERE projection = $1 AND version = $2`,
-			r.Projection, r.Target.Version); err != nil {
-			return fmt.Errorf("delete dead letters of superseded %s: %w", r.Target, err)
+		if err := s.deleteDeadLetters(ctx, tx, r.Projection, r.Target.Version, "superseded "+r.Target.String()); err != nil {
+			return err
 		}
 	}
 	r.Target, r.Mode, r.Barrier = Layout{}, "", -1
@@ -420,8 +432,8 @@ func (s *Store) Deploy(ctx context.Context, tx pgx.Tx, name string, code Code, d
 				}
 				// And its dead letters: the build replays those events from 0 (a stale one would
 				// park the aggregate's earlier events behind it, or be applied twice by a retry).
-				if _, err := tx.Exec(ctx, `DELETE FROM `+s.dl+` WHERE projection = $1 AND version = $2`, name, v); err != nil {
-					return "", fmt.Errorf("delete dead letters of the abandoned build of %s: %w", r.Target, err)
+				if err := s.deleteDeadLetters(ctx, tx, name, v, "the abandoned build of "+r.Target.String()); err != nil {
+					return "", err
 				}
 			}
 			if err := s.deleteRows(ctx, tx, name, r.Target); err != nil {
@@ -525,8 +537,8 @@ func (s *Store) Advance(ctx context.Context, tx pgx.Tx, name string, code Code, 
 			return "", fmt.Errorf("activate %s: %w", r.Target, err)
 		}
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM `+s.dl+` WHERE projection = $1 AND version = $2`, name, r.Active.Version); err != nil {
-		return "", fmt.Errorf("delete dead letters of retired %s: %w", r.Active, err)
+	if err := s.deleteDeadLetters(ctx, tx, name, r.Active.Version, "retired "+r.Active.String()); err != nil {
+		return "", err
 	}
 	change := fmt.Sprintf("%s took over from %s", r.Target, r.Active)
 	return change, s.promote(ctx, tx, &r, code)
@@ -701,8 +713,8 @@ func (s *Store) Rebuild(ctx context.Context, tx pgx.Tx, name string, code Code, 
 		WHERE projection = $1 AND version = $2 AND partitions = $3`, name, r.Active.Version, r.Active.Partitions); err != nil {
 		return false, fmt.Errorf("rebuild %q: reset checkpoints: %w", name, err)
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM `+s.dl+` WHERE projection = $1 AND version = $2`, name, r.Active.Version); err != nil {
-		return false, fmt.Errorf("rebuild %q: delete dead letters: %w", name, err)
+	if err := s.deleteDeadLetters(ctx, tx, name, r.Active.Version, "rebuilt "+r.Active.String()); err != nil {
+		return false, fmt.Errorf("rebuild %q: %w", name, err)
 	}
 	if !fromRequest {
 		r.RebuildRequested++

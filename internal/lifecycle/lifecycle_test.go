@@ -12,7 +12,6 @@ import (
 	"github.com/eventline/eventline"
 	"github.com/eventline/eventline/internal/lifecycle"
 	"github.com/eventline/eventline/internal/pgtest"
-	"github.com/eventline/eventline/internal/sqlname"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -70,8 +69,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Parallel()
-	return &fixture{t: t, db: pgtest.NewDatabase(t), s: lifecycle.New(sqlname.MustParse(eventline.ProjectionsTableDefault),
-		sqlname.MustParse(eventline.CheckpointsTableDefault), sqlname.MustParse(eventline.DeadLettersTableDefault))}
+	return &fixture{t: t, db: pgtest.NewDatabase(t), s: lifecycle.New(eventline.Names{})}
 }
 
 func (f *fixture) tx(fn func(ctx context.Context, tx pgx.Tx) error) error {
