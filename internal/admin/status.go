@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -217,7 +216,6 @@ func (a *Admin) readSnapshot(ctx context.Context, tx pgx.Tx) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
-	firstAfter := `SELECT created_at FROM ` + events + ` WHERE global_position > $1 ORDER BY global_position LIMIT 1`
 	for _, cp := range cps {
 		// A checkpoint without a record (which the lifecycle never leaves) reads as standby.
 		r := byName[cp.Projection]
@@ -247,17 +245,38 @@ func (a *Admin) readSnapshot(ctx context.Context, tx pgx.Tx) (Snapshot, error) {
 				}
 			}
 		}
-		if p.Lag > 0 {
-			var created time.Time
-			err := tx.QueryRow(ctx, firstAfter, cp.Position).Scan(&created)
-			switch {
-			case err == nil:
-				p.LagSeconds = roundTo(max(0, s.Time.Sub(created).Seconds()), 3)
-			case !errors.Is(err, pgx.ErrNoRows):
-				return Snapshot{}, fmt.Errorf("read lag of %s: %w", cp.Key, err)
-			}
-		}
 		s.Projections = append(s.Projections, p)
+	}
+	// The lag in seconds, the age of the first event after each lagging position: one query.
+	var behind []int64
+	for _, p := range s.Projections {
+		if p.Lag > 0 {
+			behind = append(behind, p.Position)
+		}
+	}
+	if len(behind) == 0 {
+		return s, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT p, (SELECT created_at FROM `+events+` WHERE global_position > p
+		ORDER BY global_position LIMIT 1) FROM unnest($1::bigint[]) p`, behind)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("read lags: %w", err)
+	}
+	created := map[int64]time.Time{}
+	var pos int64
+	var at *time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&pos, &at}, func() error {
+		if at != nil {
+			created[pos] = *at
+		}
+		return nil
+	}); err != nil {
+		return Snapshot{}, fmt.Errorf("read lags: %w", err)
+	}
+	for i, p := range s.Projections {
+		if at, ok := created[p.Position]; ok && p.Lag > 0 {
+			s.Projections[i].LagSeconds = roundTo(max(0, s.Time.Sub(at).Seconds()), 3)
+		}
 	}
 	return s, nil
 }
