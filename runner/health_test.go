@@ -130,3 +130,20 @@ func TestHealthNamesAHandlerThatIgnoresItsContext(t *testing.T) {
 		return r.Health(ctx) == nil && len(appliedPositions(t, h.db.Pool, "hung")) == 1
 	})
 }
+
+// A process that runs only subscriptions (no projection registered) heartbeats like any other:
+// it is live and listed, with an empty list of projections.
+func TestSubscriptionOnlyProcessIsLive(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	r, _ := h.start(healthConfig(h))
+	s := h.subscribe(ctx, r, runner.FromBeginning())
+	pos := h.appendOne(ctx, "acct", "a", 1).GlobalPositions()
+	s.waitCount(1)
+	require.Equal(t, pos, s.positions())
+	h.waitFor("live", func() bool { return r.Health(ctx) == nil })
+	var projections []string
+	require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT projections FROM eventline_nodes`).Scan(&projections))
+	require.Empty(t, projections)
+}

@@ -528,9 +528,13 @@ func (s *Store) Heartbeat(ctx context.Context, db eventstore.DBTX, n Node) error
 			return fmt.Errorf("heartbeat of %s: encode status: %w", n.ID, err)
 		}
 	}
+	projections := n.Projections
+	if projections == nil {
+		projections = []string{} // a process that only runs subscriptions: an empty list, not NULL
+	}
 	if _, err := db.Exec(ctx, `INSERT INTO `+s.nodes+` (node_id, hostname, pid, projections, status) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), projections = EXCLUDED.projections, status = EXCLUDED.status`,
-		n.ID, n.Hostname, n.PID, n.Projections, status); err != nil {
+		n.ID, n.Hostname, n.PID, projections, status); err != nil {
 		return fmt.Errorf("heartbeat of %s: %w", n.ID, err)
 	}
 	return nil
