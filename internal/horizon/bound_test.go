@@ -100,16 +100,16 @@ func TestAdvance(t *testing.T) {
 			horizon: 8, bounds: map[string]int64{"3/1": 8}, blocker: "3/1",
 		},
 		{
-			name: "a position lock appearing later does not raise the bound (raw insert, then Append)",
+			name: "a position lock appearing later raises the bound (seen between its K and its lock)",
 			prev: trusted(12, map[string]int64{"3/1": 8}), h: 8, l: 20,
 			locks:   []lockRow{appendLock("3/1", 7), positionLock("3/1", 7, 15)},
-			horizon: 8, bounds: map[string]int64{"3/1": 8}, blocker: "3/1",
+			horizon: 14, bounds: map[string]int64{"3/1": 14}, blocker: "3/1",
 		},
 		{
-			name: "a position lock may lower a bound",
+			name: "a position lock never lowers a bound",
 			prev: trusted(12, map[string]int64{"3/1": 10}), h: 8, l: 20,
 			locks:   []lockRow{appendLock("3/1", 7), positionLock("3/1", 7, 10)},
-			horizon: 9, bounds: map[string]int64{"3/1": 9}, blocker: "3/1",
+			horizon: 10, bounds: map[string]int64{"3/1": 10}, blocker: "3/1",
 		},
 		{
 			name: "a position lock gone (savepoint rolled back) does not raise the bound either",
@@ -205,23 +205,28 @@ func TestAdvance(t *testing.T) {
 	}
 }
 
-// Each tick's result is the next tick's input: a raw insert seen first, then its Append's
-// position lock, never lets the horizon pass the raw insert's position.
+// Each tick's result is the next tick's input: an appender seen between its K and its position
+// lock is held at the previous L until its lock appears, then at its first position, and a
+// transaction that inserted raw is held at its raw row until it ends (its Append takes no lock).
 func TestAdvanceSequence(t *testing.T) {
 	var s state
 	h := int64(0)
 	// Tick 1 (first): nobody appends; L = 2.
 	s, h, _ = advance(s, h, 2, nil, now)
 	require.EqualValues(t, 2, h)
-	// Tick 2: a transaction inserted position 3 raw (no position lock); L = 3.
-	s, h, _ = advance(s, h, 3, []lockRow{appendLock("3/1", 7)}, now)
-	require.EqualValues(t, 2, h)
-	// Tick 3: it appended 4 and 5 more, with a position lock on 4 (its Append was not its first
-	// insert, so the store takes none: the tracker must not rely on it if there were one);
-	// others committed 6 and 7.
-	s, h, _ = advance(s, h, 7, []lockRow{appendLock("3/1", 7), positionLock("3/1", 7, 4)}, now)
-	require.EqualValues(t, 2, h, "position 3 is still in flight")
-	// Tick 4: it committed.
+	// Tick 2: A's Append statement has taken K, no position yet; B inserted position 3 raw and is
+	// open. L = 3.
+	s, h, _ = advance(s, h, 3, []lockRow{appendLock("3/1", 7), appendLock("4/1", 8)}, now)
+	require.EqualValues(t, 2, h, "either may own position 3")
+	// Tick 3: C committed 4; A's statement allocated 5 and 6 and took its position lock on 5; B
+	// appended 7 (no position lock: its Append was not its first insert). L = 7.
+	s, h, _ = advance(s, h, 7, []lockRow{appendLock("3/1", 7), positionLock("3/1", 7, 5), appendLock("4/1", 8)}, now)
+	require.EqualValues(t, 2, h, "B's raw row 3 is still in flight")
+	require.EqualValues(t, 4, s.holders["3/1"].Bound, "A owns nothing below its position lock")
+	// Tick 4: B committed; A is still open.
+	s, h, _ = advance(s, h, 7, []lockRow{appendLock("3/1", 7), positionLock("3/1", 7, 5)}, now)
+	require.EqualValues(t, 4, h, "4 waits for nobody")
+	// Tick 5: A committed.
 	_, h, _ = advance(s, h, 7, nil, now)
 	require.EqualValues(t, 7, h)
 }

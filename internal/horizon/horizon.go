@@ -19,9 +19,10 @@
 // K, so it is among the holders. The horizon becomes max(H, min(L, every holder's bound)), where a
 // holder's bound is a position at or below which it owns nothing (advance computes it):
 //
-//   - A holder seen by the previous tick keeps its bound. A bound never rises: a position lock
-//     that appears later can only lower it (min(bound, p-1)), which it never does when the
-//     guarantees hold.
+//   - A holder seen by the previous tick keeps its bound, or raises it to p-1 when its position
+//     lock p appears later: a tick that read the locks between the statement's K and its position
+//     lock saw it without one. Both are facts about the whole transaction, so the higher one holds.
+//     A bound never falls.
 //   - A holder first seen now, when the previous tick can be trusted, took K after that tick read
 //     the locks, so after it read its L (prevL): it owns nothing at or below prevL. With a position
 //     lock p, both facts hold: the bound is max(prevL, p-1). A prepared transaction is the
@@ -205,7 +206,10 @@ func advance(prev state, h, l int64, locks []lockRow, now time.Time) (next state
 		if old, seen := prev.holders[vxid]; prev.trusted && seen {
 			hd.Bound, hd.FirstPosition, hd.Since = old.Bound, old.FirstPosition, old.Since
 			if locked {
-				hd.Bound = min(hd.Bound, p-1)
+				// Seen before it took its position lock (a tick between its K and the end of its
+				// first statement): the lock is a fact about the whole transaction, as on a fresh
+				// tick, and the bound is the higher of the two facts.
+				hd.Bound = max(hd.Bound, p-1)
 				hd.FirstPosition = p
 			}
 		} else {
@@ -300,15 +304,6 @@ func (t *Tracker) Horizon() int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.h
-}
-
-// LastValue returns the L that the last tick read (0 before the first, and after a failed tick):
-// a holder that the next tick sees for the first time owns nothing at or below it, unless that
-// tick is fresh.
-func (t *Tracker) LastValue() int64 {
-	t.tickMu.Lock()
-	defer t.tickMu.Unlock()
-	return t.state.l
 }
 
 // Changed returns a channel that is closed the next time the horizon moves.

@@ -237,6 +237,69 @@ func TestPositionLockPassesHoleBelow(t *testing.T) {
 	require.Equal(t, held.GlobalPositions()[0]-1, committed.LastPosition())
 }
 
+// A tick that reads the locks while an Append statement has taken K but not yet its position lock
+// bounds the appender by the previous L; once the lock appears, the next tick raises the bound to
+// it, so events committed before the appender began do not wait for its transaction to end. A row
+// trigger holds the statement in that window, on an advisory lock the test holds.
+func TestPositionLockSeenLateRaisesTheBound(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	db := pgtest.NewDatabase(t)
+	exec(t, db.Pool, `CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.aggregate_type = 'gated' THEN PERFORM pg_advisory_xact_lock(4242); END IF; RETURN NEW; END $$`)
+	exec(t, db.Pool, `CREATE TRIGGER gate BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION gate()`)
+	tr := newTracker(t, db)
+	require.EqualValues(t, 0, tick(t, tr))
+	committed := appendEvents(t, db.Pool, 2)
+
+	gate, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = gate.Rollback(ctx) }()
+	exec(t, gate, `SELECT pg_advisory_xact_lock(4242)`)
+	open, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = open.Rollback(ctx) }()
+	pid := backendPID(t, open)
+	appended := make(chan eventstore.AppendResult, 1)
+	appendErr := make(chan error, 1)
+	go func() {
+		res, err := store.Append(ctx, open, eventstore.Any(), []eventstore.Event{{AggregateType: "gated", AggregateID: "g",
+			EventType: "Happened", Payload: []byte(`{}`)}})
+		appended <- res
+		appendErr <- err
+	}()
+	// Wait until the statement waits at the gate: it holds K and its position, not its lock.
+	for {
+		var waiting bool
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks
+			WHERE pid = $1 AND locktype = 'advisory' AND objid = 4242 AND NOT granted)`, pid).Scan(&waiting))
+		if waiting {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the Append never reached the gate")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	require.EqualValues(t, 0, tick(t, tr), "seen with K only: bounded by the previous L")
+	b, ok := tr.Blocker()
+	require.True(t, ok)
+	require.Zero(t, b.FirstPosition)
+
+	require.NoError(t, gate.Rollback(ctx))
+	res := <-appended
+	require.NoError(t, <-appendErr)
+	require.Equal(t, committed.LastPosition()+1, res.GlobalPositions()[0])
+	require.Equal(t, committed.LastPosition(), tick(t, tr), "its position lock raises its bound: the committed events pass")
+	b, ok = tr.Blocker()
+	require.True(t, ok)
+	require.Equal(t, res.GlobalPositions()[0], b.FirstPosition)
+
+	require.NoError(t, open.Commit(ctx))
+	require.Equal(t, res.LastPosition(), tick(t, tr))
+}
+
 // Item 2: a prepared transaction that inserted, across a server restart. After the restart its
 // locks show a new virtual transaction ID; the tracker must not take it for a new appender
 // bounded by the L it read before the restart.
