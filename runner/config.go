@@ -81,7 +81,7 @@ type Config struct {
 	// The batch is then retried like any transient failure. Defaults to 0: no limit.
 	BatchTimeout time.Duration
 	// RetryMin and RetryMax bound the exponential backoff after transient errors. Default to
-	// 50ms and 5s.
+	// 50ms and 5s (RetryMax: RetryMin, when that is above 5s).
 	RetryMin, RetryMax time.Duration
 	// PersistIdle is how long a projection may keep, in memory only, progress over events its
 	// filter skipped before it saves it. Defaults to 1s.
@@ -195,7 +195,7 @@ func (c Config) withDefaults() Config {
 	setDur(&c.ShutdownTimeout, ShutdownTimeoutDefault)
 	setDur(&c.ShutdownGrace, ShutdownGraceDefault)
 	setDur(&c.RetryMin, RetryMinDefault)
-	setDur(&c.RetryMax, RetryMaxDefault)
+	setDur(&c.RetryMax, max(c.RetryMin, RetryMaxDefault)) // as Retry does: a RetryMin above the default raises it
 	setDur(&c.PersistIdle, PersistIdleDefault)
 	setDur(&c.HeartbeatInterval, HeartbeatDefault)
 	setDur(&c.Lease, LeaseDefault)
@@ -207,31 +207,36 @@ func (c Config) validate() error {
 	for _, f := range []struct {
 		name string
 		bad  bool
+		why  string // the rule broken, with the values involved
 	}{
-		{"BatchSize", c.BatchSize < 1},
-		{"PageCache", c.PageCache < 1},
-		{"PageBytes", c.PageBytes < 1},
-		{"PageCacheBytes", c.PageCacheBytes < 0},
-		{"PollInterval", c.PollInterval < 0},
-		{"HorizonInterval", c.HorizonInterval < 0},
-		{"HorizonMinGap", c.HorizonMinGap < 0},
-		{"ReconnectDelay", c.ReconnectDelay < 0},
-		{"ShutdownTimeout", c.ShutdownTimeout < 0},
-		{"ShutdownGrace", c.ShutdownGrace < 0},
-		{"BatchTimeout", c.BatchTimeout < 0},
-		{"RetryMin", c.RetryMin < 0},
-		{"RetryMax", c.RetryMax < c.RetryMin},
-		{"PersistIdle", c.PersistIdle < 0},
-		{"HeartbeatInterval", c.HeartbeatInterval <= 0},
-		{"Lease", c.Lease < 2*c.HeartbeatInterval},
-		{"NodeTimeout", c.NodeTimeout <= c.HeartbeatInterval},
+		{"BatchSize", c.BatchSize < 1, fmt.Sprintf("%d (want 1 or more)", c.BatchSize)},
+		{"PageCache", c.PageCache < 1, fmt.Sprintf("%d (want 1 or more)", c.PageCache)},
+		{"PageBytes", c.PageBytes < 1, fmt.Sprintf("%d (want 1 or more)", c.PageBytes)},
+		{"PageCacheBytes", c.PageCacheBytes < 0, fmt.Sprintf("%d (want 0 or more)", c.PageCacheBytes)},
+		{"PollInterval", c.PollInterval < 0, negative(c.PollInterval)},
+		{"HorizonInterval", c.HorizonInterval < 0, negative(c.HorizonInterval)},
+		{"HorizonMinGap", c.HorizonMinGap < 0, negative(c.HorizonMinGap)},
+		{"ReconnectDelay", c.ReconnectDelay < 0, negative(c.ReconnectDelay)},
+		{"ShutdownTimeout", c.ShutdownTimeout < 0, negative(c.ShutdownTimeout)},
+		{"ShutdownGrace", c.ShutdownGrace < 0, negative(c.ShutdownGrace)},
+		{"BatchTimeout", c.BatchTimeout < 0, negative(c.BatchTimeout)},
+		{"RetryMin", c.RetryMin < 0, negative(c.RetryMin)},
+		{"RetryMax", c.RetryMax < c.RetryMin, fmt.Sprintf("%s (below RetryMin %s)", c.RetryMax, c.RetryMin)},
+		{"PersistIdle", c.PersistIdle < 0, negative(c.PersistIdle)},
+		{"HeartbeatInterval", c.HeartbeatInterval <= 0, negative(c.HeartbeatInterval)},
+		{"Lease", c.Lease < 2*c.HeartbeatInterval,
+			fmt.Sprintf("%s (want at least twice HeartbeatInterval %s)", c.Lease, c.HeartbeatInterval)},
+		{"NodeTimeout", c.NodeTimeout <= c.HeartbeatInterval,
+			fmt.Sprintf("%s (want more than HeartbeatInterval %s)", c.NodeTimeout, c.HeartbeatInterval)},
 	} {
 		if f.bad {
-			return fmt.Errorf("runner config: invalid %s", f.name)
+			return fmt.Errorf("runner config: invalid %s %s", f.name, f.why)
 		}
 	}
 	return nil
 }
+
+func negative(d time.Duration) string { return fmt.Sprintf("%s (want 0 for the default, or more)", d) }
 
 // FailurePolicy says what happens when a handler fails on an event for good.
 type FailurePolicy int

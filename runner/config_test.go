@@ -134,3 +134,27 @@ func TestRetryDelayDoublesUpToMax(t *testing.T) {
 	require.Equal(t, Retry{Attempts: 1, Min: time.Minute, Max: time.Minute}, Retry{Attempts: 1, Min: time.Minute}.withDefaults(),
 		"a Min above the default Max raises Max")
 }
+
+// A Config that sets one field leaves the others at their defaults: a RetryMin above the default
+// RetryMax raises it (as Retry does with Min and Max), and a field whose default does not fit
+// what was set is named with its value and the rule, not just "invalid".
+func TestConfigErrorsNameTheRule(t *testing.T) {
+	c := Config{RetryMin: 10 * time.Second}.withDefaults()
+	require.NoError(t, c.validate(), "a RetryMin above the default RetryMax")
+	require.Equal(t, 10*time.Second, c.RetryMax)
+	require.Equal(t, RetryMaxDefault, Config{}.withDefaults().RetryMax)
+
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{HeartbeatInterval: 3 * time.Second}, "runner config: invalid Lease 5s (want at least twice HeartbeatInterval 3s)"},
+		{Config{Lease: 1500 * time.Millisecond}, "runner config: invalid Lease 1.5s (want at least twice HeartbeatInterval 1s)"},
+		{Config{NodeTimeout: time.Second}, "runner config: invalid NodeTimeout 1s (want more than HeartbeatInterval 1s)"},
+		{Config{RetryMin: time.Second, RetryMax: 100 * time.Millisecond}, "runner config: invalid RetryMax 100ms (below RetryMin 1s)"},
+		{Config{BatchSize: -3}, "runner config: invalid BatchSize -3 (want 1 or more)"},
+		{Config{PollInterval: -time.Second}, "runner config: invalid PollInterval -1s (want 0 for the default, or more)"},
+	} {
+		require.EqualError(t, tc.cfg.withDefaults().validate(), tc.want)
+	}
+}
