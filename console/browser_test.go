@@ -83,6 +83,26 @@ func (p *page) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	require.NoError(p.t, chromedp.Do(ctx, steps...), what)
 }
 
+// click clicks the first element sel matches, as a user does. The page redraws its tables at every
+// poll: when a redraw replaces the element between its lookup and the click, the click is tried
+// again on the new one.
+func (p *page) click(what, sel string) {
+	p.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(p.ctx, waitTimeout)
+		err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(sel)))
+		cancel()
+		if err == nil {
+			return
+		}
+		gone := strings.Contains(err.Error(), "Could not find node with given id") || strings.Contains(err.Error(), "Node is detached")
+		if !gone || time.Now().After(deadline) {
+			require.NoError(p.t, err, what)
+		}
+	}
+}
+
 // eval evaluates a JavaScript expression in the page.
 func eval[T any](p *page, expr string) T {
 	p.t.Helper()
@@ -161,7 +181,7 @@ func TestBrowser(t *testing.T) {
 		t.Cleanup(func() { p.screenshot(path) })
 	}
 
-	const unit = `tr[data-unit="counter@1#0"]`
+	const unit = `tr[data-unit="counter@1#0/1"]`
 	p.do("load the console", chromedp.Navigate(srv.URL+"/#token="+testToken))
 	p.waitText("the counter's row", unit+" td.lag", equals("0"))
 	p.waitText("the mode", "#mode", equals("actions allowed"))
@@ -194,7 +214,7 @@ func TestBrowser(t *testing.T) {
 
 	// Pause from the page: the lifecycle record says paused, and the page too.
 	require.False(t, f.paused("counter"))
-	p.do("click Pause", chromedp.Click(chromedp.CSS(`button[data-action="pause"][data-projection="counter"]`)))
+	p.click("click Pause", `button[data-action="pause"][data-projection="counter"]`)
 	p.waitText("the pause to be confirmed", "#message", equals("paused counter"))
 	require.Equal(t, "message ok", p.attr("#message", "class"))
 	require.True(t, f.paused("counter"), "the lifecycle record is not paused")
@@ -206,7 +226,7 @@ func TestBrowser(t *testing.T) {
 		chromedp.SetValue(chromedp.CSS("#token"), "wrong"),
 		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`)))
 	p.waitText("the token state", "#token-state", equals("token set"))
-	p.do("click Resume", chromedp.Click(chromedp.CSS(`tr[data-projection="counter"] button[data-action="resume"]`)))
+	p.click("click Resume", `tr[data-projection="counter"] button[data-action="resume"]`)
 	msg := p.waitText("the refusal", "#message", func(s string) bool { return strings.Contains(s, "refused") })
 	require.Equal(t, "Resume refused (HTTP 403): wrong token", msg)
 	require.Equal(t, "message error", p.attr("#message", "class"))
@@ -261,19 +281,19 @@ func TestBrowserDeadLettersAndRebuild(t *testing.T) {
 	// Accept the page's confirmations (rebuild and discard ask first), and count them.
 	eval[bool](p, `(() => { window.confirmed = []; window.confirm = (m) => { window.confirmed.push(m); return true; }; return true; })()`)
 
-	p.do("click Retry", chromedp.Click(chromedp.CSS(row+` button[data-action="retry"]`)))
+	p.click("click Retry", row+` button[data-action="retry"]`)
 	p.waitText("the retry to be confirmed", "#message", func(s string) bool { return strings.HasPrefix(s, "retry of dead letter") })
 	// The handler fails on it again: it stays parked, with its attempts counted.
 	p.waitText("the second attempt", row+" td.attempts", equals("2"))
 
-	p.do("click Discard", chromedp.Click(chromedp.CSS(row+` button[data-action="discard"]`)))
+	p.click("click Discard", row+` button[data-action="discard"]`)
 	p.waitText("the discard to be confirmed", "#message", equals(fmt.Sprintf("dead letter %d discarded", id)))
 	p.waitText("the dead letters to be empty", "#dead-letters tbody td.empty", equals("no dead letters"))
 	var left int
 	require.NoError(t, f.db.Pool.QueryRow(t.Context(), `SELECT count(*) FROM eventline_dead_letters`).Scan(&left))
 	require.Zero(t, left)
 
-	p.do("click Rebuild", chromedp.Click(chromedp.CSS(`button[data-action="rebuild"][data-projection="counter"]`)))
+	p.click("click Rebuild", `button[data-action="rebuild"][data-projection="counter"]`)
 	p.waitText("the rebuild to be confirmed", "#message", func(s string) bool { return strings.HasPrefix(s, "rebuild of counter v1/1 requested") })
 	var requests int64
 	require.NoError(t, f.db.Pool.QueryRow(t.Context(), `SELECT rebuild_requested FROM eventline_projections WHERE projection = 'counter'`).

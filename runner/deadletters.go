@@ -84,7 +84,9 @@ func (w *worker) operatorRequests(ctx context.Context) error {
 	seen := map[aggregate]bool{}
 	for _, d := range dls {
 		a := aggregate{d.AggregateType, d.AggregateID}
-		if !d.RetryRequested || !w.mine(d.AggregateID) || seen[a] {
+		// With sequencing, one retry runs the aggregate's whole chain; without, each dead letter
+		// is retried alone.
+		if !d.RetryRequested || !w.mine(d.AggregateID) || (w.g.sequenced && seen[a]) {
 			continue
 		}
 		seen[a] = true
@@ -130,8 +132,12 @@ func (w *worker) retry(ctx context.Context, dl checkpoint.DeadLetter) error {
 			herr := w.retryOne(ctx, tx, ev)
 			if herr != nil {
 				failed = herr
-				if err := r.cps.ClearRetryRequests(ctx, tx, w.key.Projection, w.key.Version, dl.AggregateType, dl.AggregateID); err != nil {
-					return err
+				// The aggregate's requests are withdrawn when its chain stops here; without
+				// sequencing the others are independent of this one (Park withdraws its own).
+				if w.g.sequenced {
+					if err := r.cps.ClearRetryRequests(ctx, tx, w.key.Projection, w.key.Version, dl.AggregateType, dl.AggregateID); err != nil {
+						return err
+					}
 				}
 				if err := r.cps.Park(ctx, tx, w.key, &ev, failureText(&ev, herr), d.BlockedBy); err != nil {
 					return err

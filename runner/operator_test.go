@@ -61,3 +61,57 @@ func TestOperatorRequests(t *testing.T) {
 	})
 	require.Equal(t, want, appliedPositions(t, h.db.Pool, "ops"), "replayed in order after the reset")
 }
+
+// Without sequencing, dead letters of one aggregate are independent: a retry runs that one event
+// only, so the retry of another dead letter of the aggregate, requested too, is not withdrawn when
+// the first fails again; it is carried out.
+func TestRetryUnsequencedDeadLettersOfOneAggregate(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	positions := h.appendMany(ctx, 8) // positions[1] and positions[5] are both of aggregate a1
+	var fixed atomic.Bool
+	rec := &recorder{name: "unseq", fail: func(ev eventstore.PersistedEvent) error {
+		if ev.GlobalPosition == positions[1] || (ev.GlobalPosition == positions[5] && !fixed.Load()) {
+			return errBoom
+		}
+		return nil
+	}}
+	r, err := runner.New(h.db.Pool, h.store, h.config())
+	require.NoError(t, err)
+	require.NoError(t, r.Register(rec, runner.WithFailurePolicy(runner.DeadLetter), runner.WithSequencedDeadLetters(false)))
+	h.run(r)
+	cps := r.CheckpointsForTest()
+	h.waitFor("all but the two parked events", func() bool { return len(appliedPositions(t, h.db.Pool, "unseq")) == 6 })
+	dead, err := cps.DeadLetters(ctx, h.db.Pool, "unseq")
+	require.NoError(t, err)
+	require.Len(t, dead, 2)
+	require.Equal(t, []int64{positions[1], positions[5]}, []int64{dead[0].GlobalPosition, dead[1].GlobalPosition})
+
+	// The cause of the second is fixed, not the first's; the operator retries both.
+	fixed.Store(true)
+	require.NoError(t, pgx.BeginFunc(ctx, h.db.Pool, func(tx pgx.Tx) error {
+		for _, d := range dead {
+			if err := cps.RequestRetry(ctx, tx, d.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	h.waitFor("the first to fail again", func() bool {
+		dls, err := cps.DeadLetters(ctx, h.db.Pool, "unseq")
+		require.NoError(t, err)
+		return len(dls) > 0 && dls[0].Attempts == 2
+	})
+	dls, err := cps.DeadLetters(ctx, h.db.Pool, "unseq")
+	require.NoError(t, err)
+	if len(dls) == 2 {
+		require.True(t, dls[1].RetryRequested, "the retry of dead letter %d was withdrawn by the failure of %d", dls[1].ID, dls[0].ID)
+	}
+	h.waitFor("the second to be applied", func() bool { return len(appliedPositions(t, h.db.Pool, "unseq")) == 7 })
+	dls, err = cps.DeadLetters(ctx, h.db.Pool, "unseq")
+	require.NoError(t, err)
+	require.Len(t, dls, 1)
+	require.Equal(t, positions[1], dls[0].GlobalPosition)
+	require.False(t, dls[0].RetryRequested, "a failed retry waits for a new request")
+}

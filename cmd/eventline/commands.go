@@ -143,9 +143,10 @@ func (a *app) cmdReset(ctx context.Context, args []string) error {
 		`Moves every unit of projection NAME's active version to POSITION: forwards to skip events
 (a poison event, history the read model does not need), backwards to apply events again. The
 read model is not touched: what it already holds stays. It is refused (exit 1) while the
-projection runs: pause it first, or it must be stopped by a failing handler; and while a version
-or partition change is in progress. Failures are cleared; a pause stays, so 'eventline resume
-NAME' starts it from POSITION.`)
+projection runs: pause it first, or it must be stopped by a failing handler; while a version or
+partition change is in progress; and for a POSITION beyond the head of the events table (it
+would skip the events appended up to it later). Failures are cleared; a pause stays, so
+'eventline resume NAME' starts it from POSITION.`)
 	to := c.Int64("to", -1, "the position to move to (`POSITION`, 0 is the beginning)")
 	name, err := a.projectionArg(c, args)
 	if err != nil {

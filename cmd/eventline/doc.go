@@ -68,8 +68,9 @@
 //
 // reset --to POSITION moves every unit of the active version to POSITION without touching the read
 // model: forwards to skip events, backwards to apply some again. It is refused while the
-// projection runs (pause it first, or it must be stopped by a failure) and while a version or
-// partition change is in progress; it clears failures and keeps the pause.
+// projection runs (pause it first, or it must be stopped by a failure), while a version or
+// partition change is in progress, and for a position beyond the head of the events table (it
+// would skip the events appended up to it later); it clears failures and keeps the pause.
 //
 // # Status
 //
@@ -130,6 +131,7 @@
 //	                 "barrier" (null when none), "paused", "rebuild_pending",
 //	                 "rebuild_requests", "rebuilds", "detached", "resettable",
 //	                 "last_error", "updated_at", "dead_letters"}, ...],
+//	  "dead_letters": 4,        every dead letter, of every projection (with a lifecycle record or not)
 //	  "nodes": [{"id", "hostname", "pid", "projections", "started_at", "heartbeat_at",
 //	             "heartbeat_age_seconds", "horizon", "owned", "events_per_second"}, ...]
 //	}

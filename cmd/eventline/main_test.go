@@ -850,3 +850,18 @@ func TestReset(t *testing.T) {
 	r = f.cli(t, "reset", "--to", "1", "nope")
 	require.Equal(t, exitNotFound, r.code)
 }
+
+// reset --to a position beyond the head is refused: it would skip, silently and unseen (the lag
+// reads 0), the events appended up to it later.
+func TestResetBeyondHead(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	r := f.cli(t, "reset", "--to", "11", "mailer") // paused, at 10; the head is 10
+	require.Equal(t, exitError, r.code, "stdout: %s", r.stdout)
+	require.Equal(t, "eventline: reset mailer: position 11 is beyond the head of the events table (10)\n", r.stderr)
+	cp, err := f.cps.Get(t.Context(), f.db.Pool, checkpoint.Key{Projection: "mailer"})
+	require.NoError(t, err)
+	require.EqualValues(t, 10, cp.Position, "nothing moved")
+
+	requireOK(t, f.cli(t, "reset", "--to", "10", "mailer")) // up to the head is fine
+}

@@ -45,7 +45,9 @@
   const ago = (seconds) => seconds < 60 ? `${seconds.toFixed(1)}s ago` : `${Math.round(seconds / 60)}m ago`;
   const waiting = (w) => `position ${w.position}` +
     (w.appender_pid || w.transaction ? `: appender pid ${w.appender_pid} (transaction ${w.transaction}) open for ${w.age_seconds.toFixed(1)}s` : '');
-  const unitKey = (p) => `${p.projection}@${p.version}#${p.partition}`;
+  // A unit is a partition of a layout (version and partition count): during a partition change,
+  // v1/1 and v1/4 both have a partition 0.
+  const unitKey = (p) => `${p.projection}@${p.version}#${p.partition}/${p.partitions}`;
 
   function setMessage(kind, text) {
     const m = $('#message');

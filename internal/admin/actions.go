@@ -93,14 +93,29 @@ func (a *Admin) RequestRebuild(ctx context.Context, pool *pgxpool.Pool, name str
 	return r, nil
 }
 
+// ErrBeyondHead: a reset to a position beyond the head of the events table would skip the events
+// appended up to it later, unseen (the lag reads 0 meanwhile).
+var ErrBeyondHead = errors.New("the position is beyond the head of the events table")
+
 // MoveTo moves every unit of projection name's active version to position
 // (lifecycle.Store.MoveTo) and returns their positions before. It is refused while the
-// projection runs.
+// projection runs, and for a position beyond the head of the events table (ErrBeyondHead).
 func (a *Admin) MoveTo(ctx context.Context, pool *pgxpool.Pool, name string, position int64) ([]int64, error) {
 	var before []int64
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) (err error) {
 		before, err = a.lc.MoveTo(ctx, tx, name, position)
-		return err
+		if err != nil {
+			return err
+		}
+		var head int64
+		if err := tx.QueryRow(ctx, `SELECT coalesce(max(global_position), 0) FROM `+a.events.Quoted()).Scan(&head); err != nil {
+			return fmt.Errorf("read head of %s: %w", a.events, err)
+		}
+		if position > head {
+			return &messageError{msg: fmt.Sprintf("position %d is beyond the head of the events table (%d)", position, head),
+				err: ErrBeyondHead}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, refused("reset", name, err)
@@ -180,3 +195,12 @@ type notFoundError struct {
 
 func (e *notFoundError) Error() string { return e.msg }
 func (e *notFoundError) Unwrap() error { return e.err }
+
+// messageError prints as its message alone and is the error it wraps.
+type messageError struct {
+	msg string
+	err error
+}
+
+func (e *messageError) Error() string { return e.msg }
+func (e *messageError) Unwrap() error { return e.err }

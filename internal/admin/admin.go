@@ -71,11 +71,11 @@ func New(cfg Config) (*Admin, error) {
 func (a *Admin) IdleWait() time.Duration { return a.idleWait }
 
 // Refused reports whether err is a request the lifecycle refused (a rebuild of a detached handler
-// or of a projection without Reset, a reset of a running projection): the request was understood
-// and cannot be carried out, as opposed to a failure to reach the database.
+// or of a projection without Reset, a reset of a running projection or beyond the head): the
+// request was understood and cannot be carried out, as opposed to a failure to reach the database.
 func Refused(err error) bool {
 	return errors.Is(err, lifecycle.ErrDetachedRebuild) || errors.Is(err, lifecycle.ErrNotResettable) ||
-		errors.Is(err, lifecycle.ErrRunning)
+		errors.Is(err, lifecycle.ErrRunning) || errors.Is(err, ErrBeyondHead)
 }
 
 // NotFound reports whether err says that the projection or dead letter does not exist.

@@ -327,9 +327,13 @@ func (m *Metrics) heartbeat(h runner.HeartbeatInfo) {
 	m.reportedMu.Lock()
 	defer m.reportedMu.Unlock()
 	now := make(map[runner.Unit]bool, len(h.Units))
+	// The labels of the units reported now: during a partition change, partition k of both
+	// layouts of a version has the same labels (and so the same gauges).
+	live := make(map[[3]string]bool, len(h.Units))
 	for _, u := range h.Units {
 		now[u.Unit] = true
 		s := m.seriesOf(u.Unit)
+		live[s.labels] = true
 		s.position.get(s).Set(float64(u.Position))
 		if u.Owned {
 			s.owned.get(s).Set(1)
@@ -349,20 +353,23 @@ func (m *Metrics) heartbeat(h runner.HeartbeatInfo) {
 	}
 	for u := range m.reported {
 		if !now[u] {
-			m.forget(u)
+			m.forget(u, live)
 		}
 	}
 	m.reported = now
 }
 
-// forget deletes the gauges of a unit the process no longer has; its counters stay. The next
-// report on it starts new gauges.
-func (m *Metrics) forget(u runner.Unit) {
+// forget deletes the gauges of a unit the process no longer has, unless a unit it still has
+// shares their labels (keep); its counters stay. The next report on it starts new gauges.
+func (m *Metrics) forget(u runner.Unit, keep map[[3]string]bool) {
 	v, ok := m.series.LoadAndDelete(u)
 	if !ok {
 		return
 	}
 	l := v.(*series).labels
+	if keep[l] {
+		return // deleting them would leave the other unit's series setting gauges nobody collects
+	}
 	for _, g := range []*prom.GaugeVec{m.lag, m.position, m.owned} {
 		g.DeleteLabelValues(l[:]...)
 	}

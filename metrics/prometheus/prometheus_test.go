@@ -373,3 +373,31 @@ eventline_owned{partition="3",projection="orders",version="2"} 0
 	require.Equal(t, 44.0, testutil.ToFloat64(m.position.WithLabelValues("orders", "1", "0")))
 	require.Equal(t, 1, testutil.CollectAndCount(m.owned))
 }
+
+// A partition change runs both layouts of a version for a while, and partition 0 of each has the
+// same labels: when the old layout's unit goes (the switch is done), the gauges of the new
+// layout's partition 0 stay reported.
+func TestHeartbeatAfterPartitionChange(t *testing.T) {
+	t.Parallel()
+	m, _ := newMetrics(t, Config{})
+	h := m.Hooks()
+	old := runner.Unit{Projection: "orders", Version: 1, Partitions: 1}
+	p0 := runner.Unit{Projection: "orders", Version: 1, Partitions: 2, Partition: 0}
+	p1 := runner.Unit{Projection: "orders", Version: 1, Partitions: 2, Partition: 1}
+	h.Heartbeat(runner.HeartbeatInfo{Horizon: 10, Units: []runner.UnitInfo{
+		{Unit: old, Owned: true, State: "running", Position: 10},
+		{Unit: p0, Owned: true, State: "waiting", Position: 10},
+		{Unit: p1, Owned: true, State: "waiting", Position: 10},
+	}})
+	for i, pos := range []int64{12, 13} {
+		h.Heartbeat(runner.HeartbeatInfo{Horizon: pos, Units: []runner.UnitInfo{
+			{Unit: p0, Owned: true, State: "running", Position: pos, Lag: time.Second},
+			{Unit: p1, Owned: true, State: "running", Position: pos, Lag: time.Second},
+		}})
+		require.Equal(t, 2, testutil.CollectAndCount(m.position), "heartbeat %d after the switch", i+1)
+		require.Equal(t, 2, testutil.CollectAndCount(m.owned), "heartbeat %d after the switch", i+1)
+		require.Equal(t, 2, testutil.CollectAndCount(m.lag), "heartbeat %d after the switch", i+1)
+		require.Equal(t, float64(pos), testutil.ToFloat64(m.position.WithLabelValues("orders", "1", "0")))
+		require.Equal(t, 1.0, testutil.ToFloat64(m.state.WithLabelValues("orders", "1", "0", "running")))
+	}
+}
