@@ -94,9 +94,9 @@ type Resetter interface {
 	Reset(ctx context.Context, tx pgx.Tx) error
 }
 
-// Validator is an optional interface: runner.Register calls Validate and refuses the projection
-// when it returns an error (a Router with no handlers, say), instead of running a projection that
-// could never do anything.
+// Validator is an optional interface of a Projection or Detached handler: runner.Register and
+// RegisterDetached call Validate and refuse it when it returns an error (a Router with no
+// handlers, say), instead of running a handler that could never do anything.
 type Validator interface {
 	Validate() error
 }

@@ -29,3 +29,23 @@ func TestRegisterRefusesRouterWithoutHandlers(t *testing.T) {
 	projector.On(empty, "Deposited", func(context.Context, *projector.Writes, eventstore.PersistedEvent, struct{}) error { return nil })
 	require.NoError(t, r.Register(empty), "the refused router was not registered, and now has a handler")
 }
+
+// invalidDetached is a detached handler whose Validate fails.
+type invalidDetached struct{}
+
+func (invalidDetached) Name() string { return "mailer" }
+func (invalidDetached) HandleEvent(context.Context, eventstore.PersistedEvent) error {
+	return nil
+}
+func (invalidDetached) Validate() error { return errBoom }
+
+// RegisterDetached refuses a handler that says it is invalid, as Register does a projection.
+func TestRegisterDetachedValidates(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, false)
+	r, err := runner.New(h.db.Pool, h.store, h.config())
+	require.NoError(t, err)
+	err = r.RegisterDetached(invalidDetached{})
+	require.ErrorIs(t, err, errBoom)
+	require.ErrorContains(t, err, `register "mailer"`)
+}

@@ -132,11 +132,6 @@ func (r *Runner) Register(p projector.Projection, opts ...Option) error {
 	if p == nil {
 		return errors.New("runner: nil projection")
 	}
-	if v, ok := p.(projector.Validator); ok {
-		if err := v.Validate(); err != nil {
-			return fmt.Errorf("register %q: %w", p.Name(), err)
-		}
-	}
 	return r.add(p.Name(), p, nil, opts)
 }
 
@@ -171,6 +166,11 @@ func (r *Runner) add(name string, p projector.Projection, d projector.Detached, 
 	var impl any = p
 	if p == nil {
 		impl = d
+	}
+	if v, ok := impl.(projector.Validator); ok {
+		if err := v.Validate(); err != nil {
+			return fmt.Errorf("register %q: %w", name, err)
+		}
 	}
 	f, _ := impl.(projector.Filter)
 	version := 1
