@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/google/uuid"
@@ -37,7 +38,7 @@ type Event struct {
 	// EventType names the event, e.g. "Deposited". Required.
 	EventType string
 	// EventVersion is the version of the event's payload schema (not of the aggregate).
-	// Zero is stored as 1.
+	// Zero is stored as 1. It must be at most MaxEventVersion.
 	EventVersion int
 	// Payload is the encoded event, usually JSON. It is stored as bytes, unchanged.
 	Payload []byte
@@ -50,6 +51,10 @@ type Event struct {
 	// CreatedAt is when the event happened. A zero value is filled with the current time.
 	CreatedAt time.Time
 }
+
+// MaxEventVersion is the largest Event.EventVersion a store accepts: it is stored as a 32-bit
+// integer.
+const MaxEventVersion = math.MaxInt32
 
 // PersistedEvent is an event as stored: the Event plus the positions the store gave it.
 type PersistedEvent struct {
@@ -223,12 +228,12 @@ func ValidateBatch(events []Event, now time.Time) error {
 			return fmt.Errorf("%w: event %d: metadata is not valid JSON", ErrInvalidEvent, i)
 		case ev.EventVersion < 0:
 			return fmt.Errorf("%w: event %d: negative event version %d", ErrInvalidEvent, i, ev.EventVersion)
+		case ev.EventVersion > MaxEventVersion:
+			return fmt.Errorf("%w: event %d: event version %d is larger than %d", ErrInvalidEvent, i, ev.EventVersion, MaxEventVersion)
 		}
-		for j := 0; j < i; j++ {
-			if ev.EventID != uuid.Nil && events[j].EventID == ev.EventID {
-				return fmt.Errorf("%w: events %d and %d share event ID %s", ErrDuplicateEventID, j, i, ev.EventID)
-			}
-		}
+	}
+	if err := checkDuplicateIDs(events); err != nil {
+		return err
 	}
 	for i := range events {
 		ev := &events[i]
@@ -245,6 +250,34 @@ func ValidateBatch(events []Event, now time.Time) error {
 		if ev.EventVersion == 0 {
 			ev.EventVersion = 1
 		}
+	}
+	return nil
+}
+
+// checkDuplicateIDs returns ErrDuplicateEventID when two events share a non-zero event ID: by
+// pairs for small batches, with a map for large ones (pairs would be quadratic in the batch).
+func checkDuplicateIDs(events []Event) error {
+	const pairsMax = 16
+	if len(events) <= pairsMax {
+		for i := range events {
+			for j := 0; j < i; j++ {
+				if events[i].EventID != uuid.Nil && events[j].EventID == events[i].EventID {
+					return fmt.Errorf("%w: events %d and %d share event ID %s", ErrDuplicateEventID, j, i, events[i].EventID)
+				}
+			}
+		}
+		return nil
+	}
+	seen := make(map[uuid.UUID]int, len(events))
+	for i := range events {
+		id := events[i].EventID
+		if id == uuid.Nil {
+			continue
+		}
+		if j, dup := seen[id]; dup {
+			return fmt.Errorf("%w: events %d and %d share event ID %s", ErrDuplicateEventID, j, i, id)
+		}
+		seen[id] = i
 	}
 	return nil
 }

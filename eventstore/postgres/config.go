@@ -22,7 +22,8 @@ type StoreConfig struct {
 	// returns the W3C traceparent of the span in ctx, so that the handlers' spans link to it).
 	// Defaults to nil: events keep the TraceID they carry.
 	TraceID func(ctx context.Context) string
-	// MaxEventSize is the most bytes of payload plus metadata one event may have: Append refuses a
+	// MaxEventSize is the most bytes of payload plus metadata (counted as stored and read back:
+	// its jsonb text, in which a number has all its digits) one event may have: Append refuses a
 	// larger one, before any SQL runs, with an error matching eventstore.ErrEventTooLarge. It
 	// bounds what one event costs every reader (a runner's page holds at least one whole event).
 	// The append function of the migrations has its own limit, the setting

@@ -21,7 +21,7 @@ func TestAppendRefusesEventsLargerThanMaxEventSize(t *testing.T) {
 	db := pgtest.NewDatabase(t)
 	store := postgres.NewStore(&postgres.StoreConfig{MaxEventSize: 100})
 
-	meta := []byte(`{"k":"0123456789"}`) // 18 bytes
+	meta := []byte(`{"k": "0123456789"}`) // 19 bytes, as stored (jsonb text)
 	fits := newEvents("order", "o-1", 2)
 	fits[1].Payload, fits[1].Metadata = bytes.Repeat([]byte("x"), 100-len(meta)), meta
 	_, err := store.Append(ctx, db.Pool, eventstore.Any(), fits)

@@ -292,7 +292,14 @@ func (s *Store) Append(ctx context.Context, tx eventstore.DBTX, expected eventst
 		return eventstore.AppendResult{}, err
 	}
 	for i := range batch {
-		if size := len(batch[i].Payload) + len(batch[i].Metadata); size > s.cfg.MaxEventSize {
+		// What PostgreSQL would refuse is refused here, before any SQL, so that the caller's
+		// transaction goes on. The metadata counts as stored and read back (jsonb text): 1e5
+		// is 100000.
+		why, metadataSize := checkEvent(&batch[i])
+		if why != "" {
+			return eventstore.AppendResult{}, fmt.Errorf("%w: event %d: %s", eventstore.ErrInvalidEvent, i, why)
+		}
+		if size := len(batch[i].Payload) + metadataSize; size > s.cfg.MaxEventSize {
 			ev := &batch[i]
 			return eventstore.AppendResult{}, fmt.Errorf("append to %s %q: event %d (%s): %w: %d bytes of payload and metadata, more than the maximum of %d (StoreConfig.MaxEventSize)",
 				ev.AggregateType, ev.AggregateID, i, ev.EventType, eventstore.ErrEventTooLarge, size, s.cfg.MaxEventSize)
@@ -658,7 +665,9 @@ func scanEvents(rows pgx.Rows, sizeHint int) ([]eventstore.PersistedEvent, error
 func scanEventsBounded(rows pgx.Rows, sizeHint, maxBytes int) (_ []eventstore.PersistedEvent, cut bool, _ error) {
 	defer rows.Close()
 	total := 0
-	out := make([]eventstore.PersistedEvent, 0, sizeHint)
+	// The hint is the caller's limit, which may be far more than the rows there are (a limit
+	// meaning "all"): preallocate for a bounded number of events, append grows the rest.
+	out := make([]eventstore.PersistedEvent, 0, min(sizeHint, scanPreallocMax))
 	var causation, correlation, trace *string
 	var metadata []byte
 	// The event ID is scanned as 16 bytes (a uuid.UUID would go through its text form), and the
@@ -700,6 +709,10 @@ func scanEventsBounded(rows pgx.Rows, sizeHint, maxBytes int) (_ []eventstore.Pe
 	}
 	return out, false, rows.Err()
 }
+
+// scanPreallocMax bounds the events scanEventsBounded preallocates room for (about 200 bytes
+// each).
+const scanPreallocMax = 1024
 
 // interner returns one string per distinct value, for the few values that repeat across events.
 type interner map[string]string
