@@ -117,6 +117,14 @@ func (w *worker) retry(ctx context.Context, dl checkpoint.DeadLetter) error {
 		if cp.Owner != r.nodeID {
 			return fmt.Errorf("retry dead letter %d: %s is owned by %q: %w", dl.ID, w.key, cp.Owner, checkpoint.ErrConflict)
 		}
+		// Like a batch's compare-and-set: not once the projection is paused, or the unit stopped
+		// or no longer running (the record may have changed since the unit read it).
+		if ok, err := r.cps.Applying(ctx, tx, w.key, r.nodeID); err != nil || !ok {
+			if err == nil {
+				err = fmt.Errorf("retry dead letter %d: %s does not apply now: %w", dl.ID, w.key, checkpoint.ErrConflict)
+			}
+			return err
+		}
 		chain, err := r.cps.LockAggregateDeadLetters(ctx, tx, w.key.Projection, w.key.Version, dl.AggregateType, dl.AggregateID)
 		if err != nil {
 			return err

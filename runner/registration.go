@@ -200,6 +200,16 @@ func (g *registration) step(ctx context.Context) error {
 			return err
 		}
 	}
+	if ok && rec.Mode == lifecycle.Switch && rec.Target.Version == g.code.Version && rec.Active.Version != g.code.Version &&
+		len(g.r.declared(g.name, rec.Active.Version)) == 0 {
+		// A new version of a detached handler whose old processes are all gone: nobody can
+		// drain the old partitions to the barrier.
+		if _, err := g.transition(ctx, "take over switch", func(tx pgx.Tx) (string, error) {
+			return g.r.lc.TakeOverSwitch(ctx, tx, g.name, g.code)
+		}); err != nil {
+			return err
+		}
+	}
 	if ok && rec.RebuildPending() && rec.Active.Version == g.code.Version {
 		if err := g.rebuild(ctx, true); err != nil {
 			return err

@@ -183,6 +183,18 @@ func (s *Store) Save(ctx context.Context, tx pgx.Tx, key Key, owner string, from
 	return nil
 }
 
+// Applying reports whether unit key, whose row tx holds locked, may apply now: it is owned by
+// owner, not stopped, and the projection's lifecycle lets it apply at its position (Save's
+// condition, without a move). A dead-letter retry checks it before it runs the handler.
+func (s *Store) Applying(ctx context.Context, tx pgx.Tx, key Key, owner string) (bool, error) {
+	var ok bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+s.table+` cp`+where+` AND owner = $5 AND failed_position IS NULL
+		AND `+lifecycle.ApplyCondition(s.projections, "cp.position")+`)`, key.argsWith(owner)...).Scan(&ok); err != nil {
+		return false, fmt.Errorf("check checkpoint %s: %w", key, err)
+	}
+	return ok, nil
+}
+
 // quoteLiteral quotes a validated channel name as an SQL string literal.
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 

@@ -557,6 +557,39 @@ func (s *Store) ReleaseBuildBarrier(ctx context.Context, tx pgx.Tx, name string,
 	return fmt.Sprintf("barrier lifted: no live process runs %s", r.Target), s.save(ctx, tx, r)
 }
 
+// TakeOverSwitch completes the switch to a new version of a detached handler when no live
+// process has the active version's code any more (its processes were all replaced before its
+// partitions reached the barrier): nobody can drain them, so the switch would wait for ever. The
+// new version starts instead from the lowest position of the old partitions, so that no event is
+// skipped; those between it and the barrier that an old partition had delivered are delivered
+// again (at-least-once, docs/design.md G4). code must be the target's. The caller checks that no
+// live process declares the active version.
+func (s *Store) TakeOverSwitch(ctx context.Context, tx pgx.Tx, name string, code Code) (string, error) {
+	r, err := s.mustLock(ctx, tx, name)
+	if err != nil || r.Mode != Switch || r.Target.Version == r.Active.Version || code.Version != r.Target.Version {
+		return "", err
+	}
+	old, err := s.lockPositions(ctx, tx, name, r.Active)
+	if err != nil {
+		return "", err
+	}
+	from := r.Barrier
+	for _, p := range old {
+		from = min(from, p)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE `+s.cp+` SET position = $4, updated_at = now()
+		WHERE projection = $1 AND version = $2 AND partitions = $3 AND position > $4`,
+		name, r.Target.Version, r.Target.Partitions, from); err != nil {
+		return "", fmt.Errorf("move checkpoints of %s %s to %d: %w", name, r.Target, from, err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE `+s.dl+` SET version = $3 WHERE projection = $1 AND version = $2`,
+		name, r.Active.Version, r.Target.Version); err != nil {
+		return "", fmt.Errorf("move dead letters of %s to v%d: %w", name, r.Target.Version, err)
+	}
+	change := fmt.Sprintf("switched from %s to %s at %d (no live process runs %s)", r.Active, r.Target, from, r.Active)
+	return change, s.promote(ctx, tx, &r, code)
+}
+
 // promote makes the target active and deletes the old active rows.
 func (s *Store) promote(ctx context.Context, tx pgx.Tx, r *Record, code Code) error {
 	if err := s.deleteRows(ctx, tx, r.Projection, r.Active); err != nil {

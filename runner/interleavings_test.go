@@ -1,0 +1,122 @@
+package runner_test
+
+// Interleavings of two operations found by review: each test failed on the code before its fix.
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/eventline/eventline/eventstore"
+	"github.com/eventline/eventline/runner"
+)
+
+// A dead-letter retry is a batch like any other: it may not commit once the projection is paused.
+// The retry has started (its unit read a record that was not paused) and waits for its checkpoint
+// row, which the test holds; the pause commits meanwhile. The retry must then be refused, as a
+// batch's compare-and-set is, and carried out after the resume.
+func TestDeadLetterRetryRefusedWhilePaused(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	positions := h.appendMany(ctx, 6)
+	var broken atomic.Bool
+	broken.Store(true)
+	rec := &recorder{name: "dlpause", fail: func(ev eventstore.PersistedEvent) error {
+		if broken.Load() && ev.GlobalPosition == positions[2] {
+			return errBoom
+		}
+		return nil
+	}}
+	r, err := runner.New(h.db.Pool, h.store, h.fastConfig())
+	require.NoError(t, err)
+	require.NoError(t, r.Register(rec, runner.WithFailurePolicy(runner.DeadLetter)))
+	h.run(r)
+	cps := r.CheckpointsForTest()
+	h.waitFor("all but the parked event", func() bool { return len(appliedPositions(t, h.db.Pool, "dlpause")) == 5 })
+	h.waitFor("the checkpoint past the parked event", func() bool {
+		var pos int64
+		require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT position FROM eventline_checkpoints WHERE projection = 'dlpause'`).Scan(&pos))
+		return pos == positions[5]
+	})
+	broken.Store(false)
+	dead, err := cps.DeadLetters(ctx, h.db.Pool, "dlpause")
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+
+	// Hold the unit's checkpoint row, then ask for the retry: the unit starts it and waits.
+	lock, err := h.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = lock.Rollback(context.Background()) }()
+	_, err = lock.Exec(ctx, `SELECT 1 FROM eventline_checkpoints WHERE projection = 'dlpause' FOR UPDATE`)
+	require.NoError(t, err)
+	require.NoError(t, cps.RequestRetry(ctx, h.db.Pool, dead[0].ID))
+	h.waitFor("the retry to wait for the checkpoint row", func() bool {
+		var n int
+		require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE '%eventline_checkpoints%FOR UPDATE%'`).Scan(&n))
+		return n > 0
+	})
+	h.inTx(func(tx pgx.Tx) error { return h.lc().Pause(ctx, tx, "dlpause") })
+	require.NoError(t, lock.Commit(ctx))
+	// The retry got the row first; WaitIdle returns once its transaction has ended.
+	require.NoError(t, h.lc().WaitIdle(ctx, h.db.Pool, "dlpause"))
+	require.True(t, h.record("dlpause").Paused)
+	require.NotContains(t, appliedPositions(t, h.db.Pool, "dlpause"), positions[2],
+		"a dead letter was applied by a retry that ran after the pause")
+
+	// After the resume, the retry still requested is carried out, once.
+	h.inTx(func(tx pgx.Tx) error { return h.lc().Resume(ctx, tx, "dlpause") })
+	h.waitFor("the retried event", func() bool { return len(appliedPositions(t, h.db.Pool, "dlpause")) == 6 })
+	require.Len(t, appliedPositions(t, h.db.Pool, "dlpause"), 6)
+	left, err := cps.DeadLetters(ctx, h.db.Pool, "dlpause")
+	require.NoError(t, err)
+	require.Empty(t, left)
+}
+
+// A new version of a partitioned detached handler is deployed the usual way: the old version's
+// processes are all gone when it starts (a "recreate" deploy), and one old partition was behind
+// the other (here: stopped by a failure that the new code fixes). No live process can drain the
+// old partitions to the switch's barrier, so the switch must not wait for them for ever: the new
+// version takes over from where the old one stopped, delivering every event at least once.
+func TestDetachedSwitchWithoutOldProcesses(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	positions := h.appendMany(ctx, 40)
+	v1 := &pmailer{version: 1, parts: 2, sent: map[int64]int{}}
+	v1.failAt.Store(positions[5]) // one partition stops early: it is far behind the other
+	r1, stop1 := h.startProc(h.fastConfig(), v1)
+	h.waitFor("one v1 partition to stop", func() bool {
+		for _, st := range statusOf(t, r1, "pm") {
+			if st.State == "stopped" {
+				return true
+			}
+		}
+		return false
+	})
+	stop1() // every v1 process is gone
+
+	v2 := &pmailer{version: 2, parts: 2, sent: map[int64]int{}}
+	r2, _ := h.startProc(h.fastConfig(), v2)
+	h.waitFor("the switch to v2 to start", func() bool { return h.record("pm").Target.Version == 2 })
+	require.NoError(t, r2.Resume(ctx, "pm"))
+	h.waitFor("v2 to take over", func() bool { return h.record("pm").Active.Version == 2 })
+	more := h.appendMany(ctx, 5)
+	all := append(positions, more...)
+	h.waitFor("every event delivered", func() bool {
+		v1.mu.Lock()
+		defer v1.mu.Unlock()
+		v2.mu.Lock()
+		defer v2.mu.Unlock()
+		for _, p := range all {
+			if v1.sent[p]+v2.sent[p] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
