@@ -166,7 +166,9 @@ func (r *Router) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.Pers
 			if err := w.flush(ctx, tx); err != nil {
 				return err // names the event that queued the failing write, if known
 			}
-			err = h.tx(ctx, tx, ev)
+			if err = h.tx(ctx, tx, ev); err == nil && aborted(tx) {
+				err = ErrAborted
+			}
 		} else {
 			w.position = ev.GlobalPosition
 			err = h.write(ctx, w, ev)
@@ -185,6 +187,15 @@ func (r *Router) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.Pers
 		}
 	}
 	return w.flush(ctx, tx)
+}
+
+// ErrAborted is the error of a handler that returned nil although a statement it ran failed: its
+// transaction is aborted (the server runs nothing more in it), so the batch cannot commit.
+var ErrAborted = errors.New("projector: the handler returned nil, but a statement it ran failed and left the transaction aborted (return that statement's error)")
+
+// aborted reports whether tx is aborted: a statement failed in it (or in its savepoint).
+func aborted(tx pgx.Tx) bool {
+	return tx != nil && tx.Conn() != nil && tx.Conn().PgConn().TxStatus() == 'E'
 }
 
 // writesPool keeps the Writes of finished Handle calls (and their batch's memory) for the next.

@@ -199,26 +199,11 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 	handle func(context.Context, pgx.Tx) error, start time.Time) error {
 	r := w.g.r
 	from := w.persisted
-	if d := r.cfg.BatchTimeout; d > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
-	tx, err := r.pool.Begin(ctx)
+	ctx, tx, done, err := w.begin(ctx, r.cfg.BatchTimeout)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return err
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	w.setBatch(tx.Conn().PgConn().PID())
-	defer w.setBatch(0)
-	if d := r.cfg.BatchTimeout; d > 0 {
-		// Enforced by the server too: a handler that ignores its context cannot keep the
-		// checkpoint row locked beyond it.
-		ms := fmt.Sprintf("%dms", d.Milliseconds())
-		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true), set_config('idle_in_transaction_session_timeout', $1, true)`, ms); err != nil {
-			return fmt.Errorf("set batch timeout: %w", err)
-		}
-	}
+	defer done()
 	cp, err := r.cps.Load(ctx, tx, w.key)
 	if err != nil {
 		return err
@@ -258,6 +243,39 @@ func (w *worker) commit(ctx context.Context, events []eventstore.PersistedEvent,
 	return nil
 }
 
+// begin starts the transaction of a batch (or of a dead letter's retry), in which the handler
+// runs while it holds the unit's checkpoint row: it is bounded by timeout (BatchTimeout; 0 for
+// none), and its backend is the unit's batch in flight (Health, and ErrStuck at shutdown). done
+// rolls it back unless it was committed, and ends the timeout.
+func (w *worker) begin(ctx context.Context, timeout time.Duration) (context.Context, pgx.Tx, func(), error) {
+	r := w.g.r
+	cancel := context.CancelFunc(func() {})
+	if d := timeout; d > 0 {
+		ctx, cancel = context.WithTimeout(ctx, d)
+	}
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		cancel()
+		return ctx, nil, nil, fmt.Errorf("begin: %w", err)
+	}
+	w.setBatch(tx.Conn().PgConn().PID())
+	done := func() {
+		w.setBatch(0)
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		cancel()
+	}
+	if d := timeout; d > 0 {
+		// Enforced by the server too: a handler that ignores its context cannot keep the
+		// checkpoint row locked beyond it.
+		ms := fmt.Sprintf("%dms", d.Milliseconds())
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true), set_config('idle_in_transaction_session_timeout', $1, true)`, ms); err != nil {
+			done()
+			return ctx, nil, nil, fmt.Errorf("set batch timeout: %w", err)
+		}
+	}
+	return ctx, tx, done, nil
+}
+
 func (w *worker) setBatch(pid uint32) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -269,6 +287,11 @@ func (w *worker) callHandler(ctx context.Context, tx pgx.Tx, events []eventstore
 	if herr := w.g.proj.Handle(ctx, tx, events); herr != nil {
 		marked := projector.IsTransient(herr)
 		return &handlerError{err: herr, transient: !marked && isTransient(herr), retryable: marked}
+	}
+	if tx != nil && tx.Conn().PgConn().TxStatus() == 'E' {
+		// A statement failed and the handler swallowed its error: the batch cannot commit, and
+		// retrying it as a database error would fail the same way forever.
+		return &handlerError{err: projector.ErrAborted}
 	}
 	return nil
 }

@@ -106,59 +106,23 @@ func (w *worker) operatorRequests(ctx context.Context) error {
 // the dead letters in the same transaction; the first that fails stays parked with one more
 // attempt, and those behind it stay parked.
 func (w *worker) retry(ctx context.Context, dl checkpoint.DeadLetter) error {
-	r := w.g.r
 	applied := 0
 	var failed error
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		cp, err := r.cps.Load(ctx, tx, w.key)
+	timeout := w.g.r.cfg.BatchTimeout
+	if w.g.detached != nil {
+		timeout = 0 // BatchTimeout bounds transactions of projections, not a detached handler's call
+	}
+	err := func() error {
+		ctx, tx, done, err := w.begin(ctx, timeout)
 		if err != nil {
 			return err
 		}
-		if cp.Owner != r.nodeID {
-			return fmt.Errorf("retry dead letter %d: %s is owned by %q: %w", dl.ID, w.key, cp.Owner, checkpoint.ErrConflict)
-		}
-		// Like a batch's compare-and-set: not once the projection is paused, or the unit stopped
-		// or no longer running (the record may have changed since the unit read it).
-		if ok, err := r.cps.Applying(ctx, tx, w.key, r.nodeID); err != nil || !ok {
-			if err == nil {
-				err = fmt.Errorf("retry dead letter %d: %s does not apply now: %w", dl.ID, w.key, checkpoint.ErrConflict)
-			}
+		defer done()
+		if err := w.retryChain(ctx, tx, dl, &applied, &failed); err != nil {
 			return err
 		}
-		chain, err := r.cps.LockAggregateDeadLetters(ctx, tx, w.key.Projection, w.key.Version, dl.AggregateType, dl.AggregateID)
-		if err != nil {
-			return err
-		}
-		if !w.g.sequenced {
-			chain = chainOf(chain, dl.ID)
-		}
-		for _, d := range chain {
-			ev, err := w.readEvent(ctx, tx, d.GlobalPosition)
-			if err != nil {
-				return fmt.Errorf("retry dead letter %d: %w", d.ID, err)
-			}
-			herr := w.retryOne(ctx, tx, ev)
-			if herr != nil {
-				failed = herr
-				// The aggregate's requests are withdrawn when its chain stops here; without
-				// sequencing the others are independent of this one (Park withdraws its own).
-				if w.g.sequenced {
-					if err := r.cps.ClearRetryRequests(ctx, tx, w.key.Projection, w.key.Version, dl.AggregateType, dl.AggregateID); err != nil {
-						return err
-					}
-				}
-				if err := r.cps.Park(ctx, tx, w.key, &ev, failureText(&ev, herr), d.BlockedBy); err != nil {
-					return err
-				}
-				break
-			}
-			if err := r.cps.DeleteDeadLetter(ctx, tx, d.ID); err != nil {
-				return err
-			}
-			applied++
-		}
-		return nil
-	})
+		return tx.Commit(ctx)
+	}()
 	if err != nil {
 		return err
 	}
@@ -166,6 +130,60 @@ func (w *worker) retry(ctx context.Context, dl checkpoint.DeadLetter) error {
 		w.log.Warn("dead letter retry failed", zap.Int64("id", dl.ID), zap.Int("applied", applied), zap.Error(failed))
 	} else {
 		w.log.Info("dead letters retried", zap.Int64("id", dl.ID), zap.Int("applied", applied))
+	}
+	return nil
+}
+
+// retryChain runs in tx the retry of dl (with sequencing, of its aggregate's chain), counting the
+// events applied; failed is the error of the event that failed again, if any.
+func (w *worker) retryChain(ctx context.Context, tx pgx.Tx, dl checkpoint.DeadLetter, applied *int, failed *error) error {
+	r := w.g.r
+	cp, err := r.cps.Load(ctx, tx, w.key)
+	if err != nil {
+		return err
+	}
+	if cp.Owner != r.nodeID {
+		return fmt.Errorf("retry dead letter %d: %s is owned by %q: %w", dl.ID, w.key, cp.Owner, checkpoint.ErrConflict)
+	}
+	// Like a batch's compare-and-set: not once the projection is paused, or the unit stopped or
+	// no longer running (the record may have changed since the unit read it).
+	if ok, err := r.cps.Applying(ctx, tx, w.key, r.nodeID); err != nil || !ok {
+		if err == nil {
+			err = fmt.Errorf("retry dead letter %d: %s does not apply now: %w", dl.ID, w.key, checkpoint.ErrConflict)
+		}
+		return err
+	}
+	chain, err := r.cps.LockAggregateDeadLetters(ctx, tx, w.key.Projection, w.key.Version, dl.AggregateType, dl.AggregateID)
+	if err != nil {
+		return err
+	}
+	if !w.g.sequenced {
+		chain = chainOf(chain, dl.ID)
+	}
+	for _, d := range chain {
+		ev, err := w.readEvent(ctx, tx, d.GlobalPosition)
+		if err != nil {
+			return fmt.Errorf("retry dead letter %d: %w", d.ID, err)
+		}
+		herr := w.retryOne(ctx, tx, ev)
+		if herr != nil {
+			*failed = herr
+			// The aggregate's requests are withdrawn when its chain stops here; without
+			// sequencing the others are independent of this one (Park withdraws its own).
+			if w.g.sequenced {
+				if err := r.cps.ClearRetryRequests(ctx, tx, w.key.Projection, w.key.Version, dl.AggregateType, dl.AggregateID); err != nil {
+					return err
+				}
+			}
+			if err := r.cps.Park(ctx, tx, w.key, &ev, failureText(&ev, herr), d.BlockedBy); err != nil {
+				return err
+			}
+			break
+		}
+		if err := r.cps.DeleteDeadLetter(ctx, tx, d.ID); err != nil {
+			return err
+		}
+		*applied++
 	}
 	return nil
 }

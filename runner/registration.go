@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -90,7 +91,7 @@ func (g *registration) transition(ctx context.Context, what string, f func(pgx.T
 			return err
 		}
 		var err error
-		change, err = f(tx)
+		change, err = callUser(g.log, func() (string, error) { return f(tx) })
 		return err
 	})
 	if err != nil {
@@ -100,6 +101,19 @@ func (g *registration) transition(ctx context.Context, what string, f func(pgx.T
 		g.log.Info("lifecycle: "+change, zap.String("transition", what))
 	}
 	return change, nil
+}
+
+// callUser calls f, which may run the projection's code (Setup, Reset, Activate), and turns a
+// panic into an error, as for handlers: it must not escape into Run or the goroutine of the
+// lifecycle step (which would end the process, with every projection in it).
+func callUser(log *zap.Logger, f func() (string, error)) (change string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("projection code panicked", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+			change, err = "", fmt.Errorf("panicked: %v", p)
+		}
+	}()
+	return f()
 }
 
 // setup takes the deploy transition once and runs the projection's Setup; Run calls it before
@@ -123,7 +137,8 @@ func (g *registration) setup(ctx context.Context, declared []int) error {
 			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('eventline/setup/' || $1, 0))`, g.name); err != nil {
 				return err
 			}
-			return s.Setup(ctx, tx)
+			_, err := callUser(g.log, func() (string, error) { return "", s.Setup(ctx, tx) })
+			return err
 		})
 		if err != nil {
 			return fmt.Errorf("runner: projection %q: setup: %w", g.name, err)
