@@ -300,6 +300,13 @@ func TestPartitionCountChangedUnderLoad(t *testing.T) {
 	cfg := h.config()
 	cfg.BatchSize = 7
 	_, stopOld := h.start(cfg, mk(2))
+	// The old process has deployed its layout and announced itself before the new one starts
+	// (on a loaded machine, Run may not have got that far yet).
+	h.waitFor("the old process to deploy 2 partitions and heartbeat", func() bool {
+		var nodes int
+		require.NoError(t, h.db.Pool.QueryRow(ctx, `SELECT count(*) FROM eventline_nodes`).Scan(&nodes))
+		return h.record("reshard").Active == lifecycle.Layout{Version: 1, Partitions: 2} && nodes == 1
+	})
 	done := make(chan error, 1)
 	go func() { done <- wl.run(ctx, false) }()
 	h.waitFor("some progress", func() bool { return wl.commits.Load() > 40 })
