@@ -47,6 +47,7 @@ func TestShutdownMidBatch(t *testing.T) {
 			positions := h.appendMany(ctx, 10)
 			b := &blocker{recorder: &recorder{name: "rec"}, entered: make(chan struct{}), release: make(chan struct{})}
 			cfg := h.config()
+			cfg.BatchSize = 2 // the events left after the batch in flight are not handled once shutdown began
 			cfg.ShutdownTimeout = 200 * time.Millisecond
 			if finish {
 				cfg.ShutdownTimeout = waitTimeout
@@ -55,12 +56,19 @@ func TestShutdownMidBatch(t *testing.T) {
 			<-b.entered
 			stopped := make(chan struct{})
 			go func() { stop(); close(stopped) }()
+			waitStopped := func() {
+				select {
+				case <-stopped:
+				case <-ctx.Done():
+					t.Fatal("Run did not return after the batch in flight ended")
+				}
+			}
 			if finish {
 				close(b.release)
-				<-stopped
-				require.Equal(t, positions, appliedPositions(t, h.db.Pool, "rec"), "the batch in flight committed")
+				waitStopped()
+				require.Equal(t, positions[:2], appliedPositions(t, h.db.Pool, "rec"), "the batch in flight committed, and no batch began after it")
 			} else {
-				<-stopped // the timeout cancelled the handler's context
+				waitStopped() // the timeout cancelled the handler's context
 				require.Empty(t, appliedPositions(t, h.db.Pool, "rec"), "the batch in flight rolled back")
 				close(b.release)
 			}
