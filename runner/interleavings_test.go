@@ -14,12 +14,26 @@ import (
 	"github.com/eventline/eventline/runner"
 )
 
-// A dead-letter retry is a batch like any other: it may not commit once the projection is paused.
-// The retry has started (its unit read a record that was not paused) and waits for its checkpoint
-// row, which the test holds; the pause commits meanwhile. The retry must then be refused, as a
-// batch's compare-and-set is, and carried out after the resume.
+// A dead-letter retry is a batch like any other: it may not commit once the projection is paused,
+// nor once another process has taken its unit. The retry has started (its unit read a record that
+// was not paused, and owned the unit) and waits for its checkpoint row, which the test holds; the
+// pause, or the change of owner, commits meanwhile. The retry must then be refused, as a batch's
+// compare-and-set is.
 func TestDeadLetterRetryRefusedWhilePaused(t *testing.T) {
 	t.Parallel()
+	for _, takeOver := range []bool{false, true} {
+		name := "paused"
+		if takeOver {
+			name = "taken over"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			deadLetterRetryRefused(t, takeOver)
+		})
+	}
+}
+
+func deadLetterRetryRefused(t *testing.T, takeOver bool) {
 	ctx := testCtx(t)
 	h := newHarness(t, true)
 	positions := h.appendMany(ctx, 6)
@@ -60,6 +74,24 @@ func TestDeadLetterRetryRefusedWhilePaused(t *testing.T) {
 			AND wait_event_type = 'Lock' AND query LIKE '%eventline_checkpoints%FOR UPDATE%'`).Scan(&n))
 		return n > 0
 	})
+	if takeOver {
+		// A live process of its own took the unit (its lease runs for an hour).
+		_, err = lock.Exec(ctx, `UPDATE eventline_checkpoints SET owner = 'other-node', lease_until = now() + interval '1 hour'
+			WHERE projection = 'dlpause'`)
+		require.NoError(t, err)
+		require.NoError(t, lock.Commit(ctx))
+		// Take the row again: that waits for the retry's transaction to end.
+		h.inTx(func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `SELECT 1 FROM eventline_checkpoints WHERE projection = 'dlpause' FOR UPDATE`)
+			return err
+		})
+		require.NotContains(t, appliedPositions(t, h.db.Pool, "dlpause"), positions[2],
+			"a dead letter was applied by a retry of a process that no longer owned the unit")
+		left, err := cps.DeadLetters(ctx, h.db.Pool, "dlpause")
+		require.NoError(t, err)
+		require.Len(t, left, 1)
+		return
+	}
 	h.inTx(func(tx pgx.Tx) error { return h.lc().Pause(ctx, tx, "dlpause") })
 	require.NoError(t, lock.Commit(ctx))
 	// The retry got the row first; WaitIdle returns once its transaction has ended.
