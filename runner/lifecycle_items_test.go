@@ -426,44 +426,58 @@ func (m *pmailer) HandleEvent(_ context.Context, ev eventstore.PersistedEvent) e
 
 // Item 12: a new version of a partitioned detached handler whose old partitions are at
 // different positions: the old ones drain to the barrier before the new ones start, so every
-// event is delivered at least once by one version or the other.
+// event is delivered at least once by one version or the other. When the old version's processes
+// are all gone first (a "recreate" deploy), nobody can drain them: the new version takes over from
+// the lowest old position instead of waiting for ever (TakeOverSwitch).
 func TestDetachedNewVersionAtLeastOnce(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
-	h := newHarness(t, true)
-	positions := h.appendMany(ctx, 40)
-	v1 := &pmailer{version: 1, parts: 2, sent: map[int64]int{}}
-	v1.failAt.Store(positions[5]) // one partition stops early: it is far behind the other
-	r1, stop1 := h.startProc(h.fastConfig(), v1)
-	h.waitFor("one v1 partition to stop", func() bool {
-		for _, st := range statusOf(t, r1, "pm") {
-			if st.State == "stopped" {
-				return true
-			}
-		}
-		return false
-	})
-	v2 := &pmailer{version: 2, parts: 2, sent: map[int64]int{}}
-	_, _ = h.startProc(h.fastConfig(), v2)
-	h.waitFor("the switch to v2 to be pending", func() bool { return h.record("pm").Target.Version == 2 })
-	v1.failAt.Store(0)
-	require.NoError(t, r1.Resume(ctx, "pm"))
-	h.waitFor("v2 to take over", func() bool { return h.record("pm").Active.Version == 2 })
-	stop1()
-	more := h.appendMany(ctx, 5)
-	all := append(slices.Clone(positions), more...)
-	h.waitFor("every event delivered", func() bool {
-		v1.mu.Lock()
-		defer v1.mu.Unlock()
-		v2.mu.Lock()
-		defer v2.mu.Unlock()
-		for _, p := range all {
-			if v1.sent[p]+v2.sent[p] == 0 {
+	for _, oldGone := range []bool{false, true} {
+		t.Run(fmt.Sprintf("old processes gone=%v", oldGone), func(t *testing.T) {
+			t.Parallel()
+			ctx := testCtx(t)
+			h := newHarness(t, true)
+			positions := h.appendMany(ctx, 40)
+			v1 := &pmailer{version: 1, parts: 2, sent: map[int64]int{}}
+			v1.failAt.Store(positions[5]) // one partition stops early: it is far behind the other
+			r1, stop1 := h.startProc(h.fastConfig(), v1)
+			h.waitFor("one v1 partition to stop", func() bool {
+				for _, st := range statusOf(t, r1, "pm") {
+					if st.State == "stopped" {
+						return true
+					}
+				}
 				return false
+			})
+			if oldGone {
+				stop1()
 			}
-		}
-		return true
-	})
+			v2 := &pmailer{version: 2, parts: 2, sent: map[int64]int{}}
+			r2, _ := h.startProc(h.fastConfig(), v2)
+			h.waitFor("the switch to v2 to be pending", func() bool { return h.record("pm").Target.Version == 2 })
+			if oldGone {
+				require.NoError(t, r2.Resume(ctx, "pm"))
+			} else {
+				v1.failAt.Store(0)
+				require.NoError(t, r1.Resume(ctx, "pm"))
+			}
+			h.waitFor("v2 to take over", func() bool { return h.record("pm").Active.Version == 2 })
+			stop1()
+			more := h.appendMany(ctx, 5)
+			all := append(slices.Clone(positions), more...)
+			h.waitFor("every event delivered", func() bool {
+				v1.mu.Lock()
+				defer v1.mu.Unlock()
+				v2.mu.Lock()
+				defer v2.mu.Unlock()
+				for _, p := range all {
+					if v1.sent[p]+v2.sent[p] == 0 {
+						return false
+					}
+				}
+				return true
+			})
+		})
+	}
 }
 
 // Item 13: dead letters are cleared by a rebuild of their version, in the same transaction: the
