@@ -62,8 +62,8 @@ import (
 // Handle is called with events in global-position order (hence each aggregate's events in
 // version order) and with tx, the transaction that will advance the projection's checkpoint past
 // them: write the read model through tx and the writes and the checkpoint commit together, or not
-// at all. Handle must not commit or roll back tx. Returning an error (or panicking) rolls the
-// batch back; the runner retries transient database errors and otherwise finds the failing event,
+// at all. Handle must not commit or roll back tx. Returning an error (or panicking, or returning
+// nil after a statement failed in tx, which leaves it aborted: ErrAborted) rolls the batch back; the runner retries transient database errors and otherwise finds the failing event,
 // retries it if the error is marked with Transient, and applies the projection's failure policy.
 // Handle is never called concurrently for one projection (or partition).
 type Projection interface {
