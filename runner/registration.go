@@ -264,6 +264,11 @@ func (g *registration) rebuild(ctx context.Context, fromRequest bool) error {
 // partition of the record's layouts of this process's version.
 func (g *registration) units() []checkpoint.Key {
 	rec, ok := g.record()
+	return g.unitsOf(rec, ok)
+}
+
+// unitsOf is units for the record rec (ok: there is one).
+func (g *registration) unitsOf(rec lifecycle.Record, ok bool) []checkpoint.Key {
 	if !ok {
 		return nil
 	}
@@ -279,9 +284,9 @@ func (g *registration) units() []checkpoint.Key {
 	return keys
 }
 
-// standbyReason says why this process runs nothing of the projection, or "" when it runs some.
-func (g *registration) standbyReason() string {
-	rec, ok := g.record()
+// standbyReason says why this process runs nothing of the projection under the record rec (ok:
+// there is one), or "" when it runs some.
+func (g *registration) standbyReason(rec lifecycle.Record, ok bool) string {
 	if !ok {
 		return ""
 	}

@@ -76,14 +76,16 @@ func (r *Runner) Status(ctx context.Context) ([]ProjectionStatus, error) {
 		if err != nil && !errors.Is(err, lifecycle.ErrNotFound) {
 			return nil, fmt.Errorf("status: %w", err)
 		}
+		// The record read here is not the manager's: the manager compares what it reads with
+		// what it read last to see a change (and wake the workers), which a read here would hide.
+		hasRec := err == nil
 		g.mu.Lock()
-		g.rec, g.hasRec = rec, err == nil
 		mgrErr := g.err
 		g.mu.Unlock()
-		keys := g.units()
+		keys := g.unitsOf(rec, hasRec)
 		if len(keys) == 0 {
 			st := ProjectionStatus{Name: g.name, Version: g.code.Version, Partitions: g.code.Partitions, Head: head,
-				State: string(lifecycle.Standby), Role: string(lifecycle.Standby), Barrier: -1, LastError: g.standbyReason()}
+				State: string(lifecycle.Standby), Role: string(lifecycle.Standby), Barrier: -1, LastError: g.standbyReason(rec, hasRec)}
 			if err == nil {
 				st.State, st.Role, st.Paused = rec.State(g.code.Layout, false), string(rec.Role(g.code.Layout)), rec.Paused
 			}
