@@ -57,7 +57,8 @@ type Config struct {
 	// PageCacheBytesPerProjection), counted when Run starts. 0 means that default.
 	PageCacheBytes int
 	// PollInterval is how often projections look for events without a notification, and re-read
-	// their checkpoints (to notice resets and resumes by other processes). Defaults to 1s.
+	// their checkpoints, busy or idle (to notice resets, resumes and dead-letter retries and
+	// discards by other processes). Defaults to 1s.
 	PollInterval time.Duration
 	// HorizonInterval is how often the horizon is refreshed when no projection waits on it.
 	// Defaults to 250ms.

@@ -115,6 +115,11 @@ func (w *worker) run(ctx, hardCtx context.Context) {
 			continue
 		}
 		backoff = r.cfg.RetryMin
+		if time.Since(w.loadedAt) >= r.cfg.PollInterval {
+			// Re-read now and then, busy or idle, to notice what other processes and operators
+			// changed: a busy unit would otherwise never see a dead letter's retry or discard.
+			w.loaded = false
+		}
 		if progressed {
 			continue
 		}
@@ -122,10 +127,6 @@ func (w *worker) run(ctx, hardCtx context.Context) {
 			r.tracker.Request()
 		} else {
 			w.persistIdle(hardCtx)
-		}
-		if time.Since(w.loadedAt) >= r.cfg.PollInterval {
-			// Idle: re-read now and then, to notice what other processes changed.
-			w.loaded = false
 		}
 		select {
 		case <-ctx.Done():
