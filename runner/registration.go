@@ -260,15 +260,9 @@ func (g *registration) rebuild(ctx context.Context, fromRequest bool) error {
 	return g.refresh(ctx)
 }
 
-// units returns the keys of the units this process can run for the projection now: every
-// partition of the record's layouts of this process's version.
-func (g *registration) units() []checkpoint.Key {
-	rec, ok := g.record()
-	return g.unitsOf(rec, ok)
-}
-
-// unitsOf is units for the record rec (ok: there is one).
-func (g *registration) unitsOf(rec lifecycle.Record, ok bool) []checkpoint.Key {
+// units returns the keys of the units this process can run for the projection under the record
+// rec (ok: there is one): every partition of the record's layouts of this process's version.
+func (g *registration) units(rec lifecycle.Record, ok bool) []checkpoint.Key {
 	if !ok {
 		return nil
 	}

@@ -82,7 +82,7 @@ func (r *Runner) Status(ctx context.Context) ([]ProjectionStatus, error) {
 		g.mu.Lock()
 		mgrErr := g.err
 		g.mu.Unlock()
-		keys := g.unitsOf(rec, hasRec)
+		keys := g.units(rec, hasRec)
 		if len(keys) == 0 {
 			st := ProjectionStatus{Name: g.name, Version: g.code.Version, Partitions: g.code.Partitions, Head: head,
 				State: string(lifecycle.Standby), Role: string(lifecycle.Standby), Barrier: -1, LastError: g.standbyReason(rec, hasRec)}
