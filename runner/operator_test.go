@@ -1,10 +1,11 @@
 package runner_test
 
 import (
-	"github.com/jackc/pgx/v5"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventline/eventline/eventstore"
@@ -114,4 +115,47 @@ func TestRetryUnsequencedDeadLettersOfOneAggregate(t *testing.T) {
 	require.Len(t, dls, 1)
 	require.Equal(t, positions[1], dls[0].GlobalPosition)
 	require.False(t, dls[0].RetryRequested, "a failed retry waits for a new request")
+}
+
+// A unit that always has work still re-reads its dead letters every PollInterval: an operator's
+// retry is carried out while the backlog is being applied, not once it is done.
+func TestRetryReachesABusyUnit(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	h := newHarness(t, true)
+	positions := h.appendMany(ctx, 300)
+	var fixed atomic.Bool
+	rec := &recorder{name: "busy", fail: func(ev eventstore.PersistedEvent) error {
+		if ev.GlobalPosition == positions[0] && !fixed.Load() {
+			return errBoom
+		}
+		time.Sleep(2 * time.Millisecond) // a slow handler: the backlog keeps the unit busy for over half a second
+		return nil
+	}}
+	cfg := h.config()
+	cfg.BatchSize = 1
+	cfg.PollInterval = 50 * time.Millisecond
+	r, err := runner.New(h.db.Pool, h.store, cfg)
+	require.NoError(t, err)
+	require.NoError(t, r.Register(rec, runner.WithFailurePolicy(runner.DeadLetter), runner.WithSequencedDeadLetters(false)))
+	h.run(r)
+	cps := r.CheckpointsForTest()
+	var id int64
+	h.waitFor("the parked event", func() bool {
+		dls, err := cps.DeadLetters(ctx, h.db.Pool, "busy")
+		require.NoError(t, err)
+		if len(dls) == 1 {
+			id = dls[0].ID
+		}
+		return id != 0
+	})
+	fixed.Store(true)
+	require.NoError(t, cps.RequestRetry(ctx, h.db.Pool, id))
+	h.waitFor("the retry", func() bool {
+		dls, err := cps.DeadLetters(ctx, h.db.Pool, "busy")
+		require.NoError(t, err)
+		return len(dls) == 0
+	})
+	require.Less(t, stateOf(t, r, "busy").Position, positions[len(positions)-1], "the retry waited for the backlog to be applied")
+	h.waitFor("the backlog", func() bool { return len(appliedPositions(t, h.db.Pool, "busy")) == len(positions) })
 }
