@@ -95,10 +95,11 @@ func (n Names) Validate() error {
 	for _, t := range n.tables() {
 		name, err := sqlname.Parse(t.field, t.value)
 		if err != nil {
-			return fmt.Errorf("eventline names: %w", err)
+			return &NameError{Field: t.field, Value: t.value, Err: err}
 		}
 		if other, dup := seen[name.String()]; dup {
-			return fmt.Errorf("eventline names: %w: %s and %s are both %q", ErrInvalidName, other, t.field, t.value)
+			return &NameError{Field: t.field, Other: other, Value: t.value,
+				Err: fmt.Errorf("%w: %s and %s are both %q", ErrInvalidName, other, t.field, t.value)}
 		}
 		seen[name.String()] = t.field
 	}
@@ -109,15 +110,28 @@ func (n Names) Validate() error {
 			continue
 		}
 		if err := sqlname.Channel(c.value); err != nil {
-			return fmt.Errorf("eventline names: %s: %w", c.field, err)
+			return &NameError{Field: c.field, Value: c.value, Err: fmt.Errorf("%s: %w", c.field, err)}
 		}
 		if other, dup := channels[c.value]; dup {
-			return fmt.Errorf("eventline names: %w: %s and %s are both %q", ErrInvalidName, other, c.field, c.value)
+			return &NameError{Field: c.field, Other: other, Value: c.value,
+				Err: fmt.Errorf("%w: %s and %s are both %q", ErrInvalidName, other, c.field, c.value)}
 		}
 		channels[c.value] = c.field
 	}
 	return nil
 }
+
+// NameError is the error of Names.Validate: the field whose name is invalid, or the second of two
+// fields that name the same table or channel. It matches ErrInvalidName.
+type NameError struct {
+	Field string // the field of Names, e.g. "EventsTable"
+	Other string // for two fields with the same name, the first of them; "" otherwise
+	Value string // the field's name (with its default)
+	Err   error  // what is wrong, naming the field
+}
+
+func (e *NameError) Error() string { return "eventline names: " + e.Err.Error() }
+func (e *NameError) Unwrap() error { return e.Err }
 
 // table is one table field of Names.
 type table struct {

@@ -57,6 +57,14 @@ func TestNamesValidateNamesTheField(t *testing.T) {
 		err := c.names.Validate()
 		require.ErrorIs(t, err, eventline.ErrInvalidName, c.msg)
 		require.ErrorContains(t, err, c.msg)
+		var ne *eventline.NameError
+		require.ErrorAs(t, err, &ne)
+		require.NotEmpty(t, ne.Field)
+		require.Contains(t, c.msg, ne.Field, "the error's field")
 	}
+	err := eventline.Names{CheckpointsTable: "t", NodesTable: "t"}.Validate()
+	var ne *eventline.NameError
+	require.ErrorAs(t, err, &ne)
+	require.Equal(t, eventline.NameError{Field: "NodesTable", Other: "CheckpointsTable", Value: "t", Err: ne.Err}, *ne)
 	require.NoError(t, eventline.Names{EventsTable: "app.Events", CheckpointsTable: "app.cps", NotifyChannel: "Events_1"}.Validate())
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/eventline/eventline/internal/admin"
 	"github.com/eventline/eventline/internal/checkpoint"
 	"github.com/eventline/eventline/internal/lifecycle"
+	"github.com/eventline/eventline/internal/sqlname"
 )
 
 // Exit codes (see the package doc).
@@ -355,14 +356,22 @@ var tableFlags = map[string]string{
 // names returns the table flags as eventline.Names, validated; an invalid one is a usage error
 // that names its flag.
 func (a *app) names() (eventline.Names, error) {
-	if err := a.g.names.Validate(); err != nil {
-		msg := strings.TrimPrefix(err.Error(), "eventline names: ")
-		for field, flag := range tableFlags {
-			msg = strings.ReplaceAll(msg, field, "--"+flag)
-		}
-		return eventline.Names{}, usageErrorf("", "%s", msg)
+	err := a.g.names.Validate()
+	var ne *eventline.NameError
+	if err == nil || !errors.As(err, &ne) {
+		return a.g.names, err
 	}
-	return a.g.names, nil
+	// The error names fields of eventline.Names; say it with the flags that set them.
+	flag, other := tableFlags[ne.Field], tableFlags[ne.Other]
+	switch {
+	case flag != "" && ne.Other == "":
+		if _, perr := sqlname.Parse("--"+flag, ne.Value); perr != nil {
+			err = perr
+		}
+	case flag != "" && other != "":
+		err = fmt.Errorf("%w: --%s and --%s are both %q", eventline.ErrInvalidName, other, flag, ne.Value)
+	}
+	return eventline.Names{}, usageErrorf("", "%s", strings.TrimPrefix(err.Error(), "eventline names: "))
 }
 
 // tables validates the table names of the global flags and returns the operator's reads and

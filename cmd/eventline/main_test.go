@@ -783,6 +783,8 @@ func TestExitCodes(t *testing.T) {
 		{"invalid projections table name", env, []string{"--projections-table", "a b", "pause", "x"}, exitUsage, "eventline: invalid SQL name: --projections-table \"a b\""},
 		{"two tables one name", noEnv, []string{"--nodes-table", "t", "migrate", "--print", "--migrations-table", "t"}, exitUsage,
 			"eventline: invalid SQL name: --nodes-table and --migrations-table are both \"t\""},
+		{"two table flags with a name spelled like a field", env, []string{"--nodes-table", "EventsTable", "--events-table", "EventsTable", "status"}, exitUsage,
+			"eventline: invalid SQL name: --events-table and --nodes-table are both \"EventsTable\""},
 		{"unreachable database", noEnv, []string{"--database-url", closed, "status"}, exitError, "eventline: connect: "},
 		{"success", env, []string{"status"}, exitOK, ""},
 	} {
