@@ -17,7 +17,7 @@
 //	r, err := runner.New(pool, store, runner.Config{})
 //
 // Invalid names fail at construction (postgres.New, migrations.Apply), with an error that names
-// the field and matches ErrInvalidName, never later at run time. The operator CLI (cmd/eventline)
+// the field (a *NameError) and matches ErrInvalidName, never later at run time. The operator CLI (cmd/eventline)
 // maps its --*-table flags onto the same fields, and the web console takes a Names too
 // (console.Config.Names). docs/design.md, "Names and configuration", says more.
 package eventline
