@@ -27,7 +27,8 @@
 // migrates a template database (the default eventline.Names), and NewDatabase gives each test a copy
 // of it in a few milliseconds; tests may run in parallel. A failed test's database is kept until
 // the test binary exits, and the test's log says how to connect to it (set
-// EVENTLINE_PGTEST_KEEP=1 to keep a local cluster after the run too).
+// EVENTLINE_PGTEST_KEEP=1 to keep it after the run: the local cluster, or the databases on a
+// DATABASE_URL server).
 //
 // The helpers that append events (Append, Apply) use a Store with the default configuration
 // (postgres.NewStore(nil): the default eventline.Names), whose tables NewDatabase has. They report failures with
@@ -45,6 +46,7 @@ package eventlinetest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -85,6 +87,8 @@ func Run(m *testing.M) int {
 	return pgtest.Run(m)
 }
 
+var errNoMain = errors.New("eventlinetest: Main is not running; add func TestMain(m *testing.M) { eventlinetest.Main(m) } to the package's tests")
+
 // Database is a database of one test's own.
 type Database struct {
 	// Name is the database's name on the server.
@@ -101,6 +105,10 @@ type Database struct {
 // Main to be running.
 func NewDatabase(t testing.TB) *Database {
 	t.Helper()
+	if !pgtest.Running() {
+		// Not pgtest's own message, which names its Main: internal, out of the user's reach.
+		t.Fatal(errNoMain)
+	}
 	d := pgtest.NewDatabase(t)
 	return &Database{Name: d.Name, URL: d.URL, Pool: d.Pool}
 }
@@ -160,10 +168,8 @@ func Append(t testing.TB, pool *pgxpool.Pool, events ...eventstore.Event) []even
 func Apply(t testing.TB, pool *pgxpool.Pool, p projector.Projection, events ...eventstore.Event) []eventstore.PersistedEvent {
 	t.Helper()
 	ctx := t.Context()
-	if v, ok := p.(projector.Validator); ok {
-		if err := v.Validate(); err != nil {
-			t.Fatalf("eventlinetest: apply to %s: %v", p.Name(), err)
-		}
+	if err := registrable(p); err != nil {
+		t.Fatalf("eventlinetest: apply to %s: %v", p.Name(), err)
 	}
 	var out []eventstore.PersistedEvent
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -196,6 +202,25 @@ func Apply(t testing.TB, pool *pgxpool.Pool, p projector.Projection, events ...e
 		t.Fatalf("eventlinetest: apply to %s: %v", p.Name(), err)
 	}
 	return out
+}
+
+// registrable returns the error for which runner.Register would refuse p, if any.
+func registrable(p projector.Projection) error {
+	if p.Name() == "" {
+		return errors.New("projection name is empty")
+	}
+	if v, ok := p.(projector.Validator); ok {
+		if err := v.Validate(); err != nil {
+			return err
+		}
+	}
+	if v, ok := p.(projector.Versioned); ok && v.Version() < 1 {
+		return fmt.Errorf("version %d; want 1 or more", v.Version())
+	}
+	if pp, ok := p.(projector.Partitioned); ok && (pp.Partitions() < 1 || pp.Partitions() > 1024) {
+		return fmt.Errorf("%d partitions; want 1 to 1024", pp.Partitions())
+	}
+	return nil
 }
 
 // appendEvents appends events through a default Store in tx and reads them back.

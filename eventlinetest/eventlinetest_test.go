@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +23,15 @@ import (
 	"github.com/eventline/eventline/runner"
 )
 
-func TestMain(m *testing.M) { eventlinetest.Main(m) }
+// envNoMain, set to 1, runs the tests without eventlinetest.Main (TestNewDatabaseWithoutMain).
+const envNoMain = "EVENTLINETEST_TEST_NO_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envNoMain) == "1" {
+		os.Exit(m.Run())
+	}
+	eventlinetest.Main(m)
+}
 
 // fakeT stands in for a *testing.T where there is none (the examples) or where a test checks
 // that a helper fails the test: FailNow records the failure and panics with errFailNow, which
@@ -245,6 +255,61 @@ func TestApplyFailsTheTestAndCommitsNothing(t *testing.T) {
 	require.Contains(t, logs, `router "empty"`)
 	require.ErrorIs(t, projector.NewRouter("empty").Validate(), projector.ErrNoHandlers)
 	require.Zero(t, eventCount(t, db))
+}
+
+// versioned gives a projection a version and a partition count of its choosing.
+type versioned struct {
+	*projector.Router
+	version, partitions int
+}
+
+func (v versioned) Version() int    { return v.version }
+func (v versioned) Partitions() int { return v.partitions }
+
+// unnamed is a projection without a name.
+type unnamed struct{ *projector.Router }
+
+func (unnamed) Name() string { return "" }
+
+// Apply refuses what runner.Register refuses, as it says, and touches nothing then.
+func TestApplyRefusesWhatRegisterRefuses(t *testing.T) {
+	t.Parallel()
+	db := eventlinetest.NewDatabase(t)
+	r, err := runner.New(db.Pool, postgres.NewStore(nil), runner.Config{})
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		p    projector.Projection
+		want string
+	}{
+		{unnamed{counter(nil)}, "projection name is empty"},
+		{versioned{counter(nil), 0, 1}, "version 0; want 1 or more"},
+		{versioned{counter(nil), 1, 0}, "0 partitions; want 1 to 1024"},
+		{versioned{counter(nil), 1, 2000}, "2000 partitions; want 1 to 1024"},
+	} {
+		require.Error(t, r.Register(tc.p), "runner.Register refuses it")
+		logs, failed := runAsT(t.Name(), func(ft testing.TB) {
+			eventlinetest.Apply(ft, db.Pool, tc.p, eventlinetest.Event("account", "a-1", "Deposited", Deposited{Amount: 5}))
+		})
+		require.True(t, failed, "Apply accepted what Register refuses (%s)", tc.want)
+		require.Contains(t, logs, tc.want)
+	}
+	require.Zero(t, eventCount(t, db))
+}
+
+// Without Main, NewDatabase says what to add, with a function the user can call (not the
+// internal harness's). The check runs in a child process whose TestMain does not call Main.
+func TestNewDatabaseWithoutMain(t *testing.T) {
+	if os.Getenv(envNoMain) == "1" {
+		eventlinetest.NewDatabase(t)
+		return
+	}
+	t.Parallel()
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestNewDatabaseWithoutMain$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envNoMain+"=1")
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "NewDatabase without Main failed nothing:\n%s", out)
+	require.Contains(t, string(out), "add func TestMain(m *testing.M) { eventlinetest.Main(m) }")
+	require.NotContains(t, string(out), "pgtest.Main")
 }
 
 // notifier is a detached handler that counts what it saw.

@@ -81,6 +81,40 @@ func TestFailedTestKeepsItsDatabase(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// On a DATABASE_URL server nothing removes the databases with the server, so the failed tests'
+// databases are dropped at exit (tearDown), unless EVENTLINE_PGTEST_KEEP keeps them.
+func TestFailedTestDatabaseOnExternalServerIsDroppedAtExit(t *testing.T) {
+	t.Parallel()
+	h := mustHarness(t)
+	exists := func(name string) bool {
+		var ok bool
+		err := h.admin.QueryRow(t.Context(), `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, name).Scan(&ok)
+		require.NoError(t, err)
+		return ok
+	}
+	// A harness of its own, on the same server, that takes it for a DATABASE_URL one.
+	ext := &harness{srv: &server{connString: h.srv.connString, external: true}, admin: h.admin,
+		runID: h.runID + "_ext", template: h.template}
+
+	failed := &fakeTB{TB: t, failed: true}
+	db := ext.newDatabase(failed, ext.template)
+	failed.runCleanups()
+	require.True(t, exists(db.Name), "a failed test's database is kept until the binary exits")
+	require.Len(t, failed.logs, 1)
+	require.Contains(t, failed.logs[0], "until the test binary exits")
+	require.NoError(t, ext.dropKept(t.Context()))
+	require.False(t, exists(db.Name), "the failed test's database is dropped at exit")
+
+	ext.keep = true
+	failed = &fakeTB{TB: t, failed: true}
+	db = ext.newDatabase(failed, ext.template)
+	failed.runCleanups()
+	require.NoError(t, ext.dropKept(t.Context()))
+	require.True(t, exists(db.Name), "EVENTLINE_PGTEST_KEEP keeps it")
+	_, err := h.admin.Exec(t.Context(), "DROP DATABASE "+quote(db.Name)+" WITH (FORCE)")
+	require.NoError(t, err)
+}
+
 func TestSweepStale(t *testing.T) {
 	t.Parallel()
 	h := mustHarness(t)

@@ -18,8 +18,9 @@
 // of it (CREATE DATABASE ... TEMPLATE, a few milliseconds), or NewEmptyDatabase for one without
 // migrations. Tests may run in parallel, each with as many databases as it likes.
 //
-// A failed test's database is kept, and the test's log says how to connect to it. Set
-// EVENTLINE_PGTEST_KEEP=1 to keep the local cluster as well (it is removed at exit otherwise).
+// A failed test's database is kept until the test binary exits, and the test's log says how to
+// connect to it. Set EVENTLINE_PGTEST_KEEP=1 to keep it after the run: the local cluster (removed
+// at exit otherwise), or the databases on a DATABASE_URL server.
 package pgtest
 
 import (
@@ -32,6 +33,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -47,7 +49,8 @@ import (
 const (
 	// EnvDatabaseURL names the variable that points the tests at an existing server.
 	EnvDatabaseURL = "DATABASE_URL"
-	// EnvKeep names the variable that, set to 1, keeps the local cluster after the run.
+	// EnvKeep names the variable that, set to 1, keeps the local cluster, or the databases created
+	// on a DATABASE_URL server, after the run.
 	EnvKeep = "EVENTLINE_PGTEST_KEEP"
 
 	setUpTimeout    = 3 * time.Minute
@@ -65,6 +68,9 @@ type harness struct {
 	template string        // migrated template database
 	seq      atomic.Int64  // numbers the test databases
 	keep     bool          // EVENTLINE_PGTEST_KEEP
+
+	mu   sync.Mutex
+	kept []string // failed tests' databases, dropped at exit from a server pgtest did not start
 }
 
 // Main runs the tests of a package that uses pgtest, and exits with their code. Call it from
@@ -175,7 +181,8 @@ func (h *harness) warnAboutSettings(ctx context.Context) {
 	}
 }
 
-// tearDown drops the template (unless kept), closes the admin pool, and stops and removes what
+// tearDown drops the template and, on a DATABASE_URL server, the failed tests' databases (unless
+// EVENTLINE_PGTEST_KEEP), closes the admin pool, and stops and removes what
 // obtainServer started. It is safe on a partly set up harness.
 func (h *harness) tearDown() error {
 	var errs []error
@@ -188,6 +195,9 @@ func (h *harness) tearDown() error {
 			if _, err := h.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+quote(h.template)+" WITH (FORCE)"); err != nil {
 				errs = append(errs, fmt.Errorf("drop template database %s: %w", h.template, err))
 			}
+			if err := h.dropKept(ctx); err != nil {
+				errs = append(errs, err)
+			}
 			cancel()
 		}
 		h.admin.Close()
@@ -195,6 +205,22 @@ func (h *harness) tearDown() error {
 	if h.srv != nil && h.srv.close != nil {
 		if err := h.srv.close(); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// dropKept drops the failed tests' databases kept until now. A server that pgtest started goes
+// with its databases; on a DATABASE_URL server they would stay for good.
+func (h *harness) dropKept(ctx context.Context) error {
+	h.mu.Lock()
+	kept := h.kept
+	h.kept = nil
+	h.mu.Unlock()
+	var errs []error
+	for _, name := range kept {
+		if _, err := h.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+quote(name)+" WITH (FORCE)"); err != nil {
+			errs = append(errs, fmt.Errorf("drop the failed test's database %s: %w", name, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -256,7 +282,14 @@ func (h *harness) dropDatabase(t testing.TB, d *Database) {
 	}
 	if t.Failed() {
 		note := ""
-		if h.srv.cluster != nil && !h.keep {
+		switch {
+		case h.keep:
+		case h.srv.external:
+			note = fmt.Sprintf(" until the test binary exits (set %s=1 to keep it)", EnvKeep)
+			h.mu.Lock()
+			h.kept = append(h.kept, d.Name)
+			h.mu.Unlock()
+		case h.srv.cluster != nil:
 			note = fmt.Sprintf(" until the test binary exits (set %s=1 to keep the cluster)", EnvKeep)
 		}
 		t.Logf("pgtest: kept the failed test's database %s%s: psql '%s'", d.Name, note, d.URL)
@@ -361,6 +394,9 @@ func StartServer(t testing.TB) {
 }
 
 var errNoMain = errors.New("pgtest: Main is not running; add func TestMain(m *testing.M) { pgtest.Main(m) } to the package's tests")
+
+// Running reports whether Main (or Run) is running the tests: whether NewDatabase can work.
+func Running() bool { return current.Load() != nil }
 
 func mustHarness(t testing.TB) *harness {
 	t.Helper()
