@@ -168,11 +168,17 @@ func Append(t testing.TB, pool *pgxpool.Pool, events ...eventstore.Event) []even
 func Apply(t testing.TB, pool *pgxpool.Pool, p projector.Projection, events ...eventstore.Event) []eventstore.PersistedEvent {
 	t.Helper()
 	ctx := t.Context()
-	if err := registrable(p); err != nil {
+	// Refused here what runner.Register would refuse (Register's own checks, on a runner that
+	// never runs).
+	r, err := runner.New(pool, postgres.NewStore(nil), runner.Config{})
+	if err == nil {
+		err = r.Register(p)
+	}
+	if err != nil {
 		t.Fatalf("eventlinetest: apply to %s: %v", p.Name(), err)
 	}
 	var out []eventstore.PersistedEvent
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if s, ok := p.(projector.Setup); ok {
 			if err := s.Setup(ctx, tx); err != nil {
 				return fmt.Errorf("setup: %w", err)
@@ -202,25 +208,6 @@ func Apply(t testing.TB, pool *pgxpool.Pool, p projector.Projection, events ...e
 		t.Fatalf("eventlinetest: apply to %s: %v", p.Name(), err)
 	}
 	return out
-}
-
-// registrable returns the error for which runner.Register would refuse p, if any.
-func registrable(p projector.Projection) error {
-	if p.Name() == "" {
-		return errors.New("projection name is empty")
-	}
-	if v, ok := p.(projector.Validator); ok {
-		if err := v.Validate(); err != nil {
-			return err
-		}
-	}
-	if v, ok := p.(projector.Versioned); ok && v.Version() < 1 {
-		return fmt.Errorf("version %d; want 1 or more", v.Version())
-	}
-	if pp, ok := p.(projector.Partitioned); ok && (pp.Partitions() < 1 || pp.Partitions() > 1024) {
-		return fmt.Errorf("%d partitions; want 1 to 1024", pp.Partitions())
-	}
-	return nil
 }
 
 // appendEvents appends events through a default Store in tx and reads them back.
