@@ -83,6 +83,13 @@ func (r *recorder) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.Pe
 	return err
 }
 
+// insertApplied records ev as applied by projection, in tx (one statement per event).
+func insertApplied(ctx context.Context, tx pgx.Tx, projection string, ev eventstore.PersistedEvent) error {
+	_, err := tx.Exec(ctx, `INSERT INTO applied (projection, global_position, event_id, aggregate_type, aggregate_id, aggregate_version)
+		VALUES ($1, $2, $3, $4, $5, $6)`, projection, ev.GlobalPosition, ev.EventID, ev.AggregateType, ev.AggregateID, ev.AggregateVersion)
+	return err
+}
+
 // appliedPositions returns the positions a projection applied, in the order applied.
 func appliedPositions(t *testing.T, pool *pgxpool.Pool, name string) []int64 {
 	t.Helper()

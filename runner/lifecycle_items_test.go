@@ -59,8 +59,7 @@ func (p *vproj) Handle(ctx context.Context, tx pgx.Tx, events []eventstore.Persi
 				return err
 			}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO applied (projection, global_position, event_id, aggregate_type, aggregate_id, aggregate_version)
-			VALUES ($1, $2, $3, $4, $5, $6)`, p.label(), ev.GlobalPosition, ev.EventID, ev.AggregateType, ev.AggregateID, ev.AggregateVersion); err != nil {
+		if err := insertApplied(ctx, tx, p.label(), ev); err != nil {
 			return err
 		}
 	}

@@ -27,9 +27,7 @@ func swallowingRouter(name string, bad *atomic.Int64) *projector.Router {
 			_, _ = tx.Exec(ctx, `SELECT 1 / 0`) // the error is lost; the transaction is aborted
 			return nil
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO applied (projection, global_position, event_id, aggregate_type, aggregate_id, aggregate_version)
-			VALUES ($1, $2, $3, $4, $5, $6)`, name, ev.GlobalPosition, ev.EventID, ev.AggregateType, ev.AggregateID, ev.AggregateVersion)
-		return err
+		return insertApplied(ctx, tx, name, ev)
 	})
 	return r
 }

@@ -54,15 +54,18 @@ func (f *fakeTB) runCleanups() {
 	}
 }
 
+// databaseExists reports whether the server has database name.
+func databaseExists(t *testing.T, h *harness, name string) bool {
+	t.Helper()
+	var ok bool
+	require.NoError(t, h.admin.QueryRow(t.Context(), `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, name).Scan(&ok))
+	return ok
+}
+
 func TestFailedTestKeepsItsDatabase(t *testing.T) {
 	t.Parallel()
 	h := mustHarness(t)
-	exists := func(name string) bool {
-		var ok bool
-		err := h.admin.QueryRow(t.Context(), `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, name).Scan(&ok)
-		require.NoError(t, err)
-		return ok
-	}
+	exists := func(name string) bool { return databaseExists(t, h, name) }
 
 	passed := &fakeTB{TB: t}
 	db := NewDatabase(passed)
@@ -86,12 +89,7 @@ func TestFailedTestKeepsItsDatabase(t *testing.T) {
 func TestFailedTestDatabaseOnExternalServerIsDroppedAtExit(t *testing.T) {
 	t.Parallel()
 	h := mustHarness(t)
-	exists := func(name string) bool {
-		var ok bool
-		err := h.admin.QueryRow(t.Context(), `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, name).Scan(&ok)
-		require.NoError(t, err)
-		return ok
-	}
+	exists := func(name string) bool { return databaseExists(t, h, name) }
 	// A harness of its own, on the same server, that takes it for a DATABASE_URL one.
 	ext := &harness{srv: &server{connString: h.srv.connString, external: true}, admin: h.admin,
 		runID: h.runID + "_ext", template: h.template}
