@@ -98,11 +98,11 @@ func TestRandomizedHorizon(t *testing.T) {
 			return nil
 		})
 	}
-	go func() {
-		// Owned by the errgroup's Wait below: it only closes the channel once the writers return.
-		writers.Wait()
+	g.Go(func() error {
+		writers.Wait() // the ticker stops once every writer has returned
 		close(writersDone)
-	}()
+		return nil
+	})
 	require.NoError(t, g.Wait())
 
 	var total int64
